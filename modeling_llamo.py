@@ -1,0 +1,605 @@
+"""PyTorch LLaMo: a GIN graph encoder and a multi-level graph projector in front of any causal language model.
+
+Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + the language model's base) and
+`LlamoForConditionalGeneration` (+ `lm_head`, `GenerationMixin`). Graph vectors replace the embeddings of the
+`<graph>` slot tokens. The forward is tensor work only: molecules arrive already featurized by
+`LlamoProcessor` as flat, PyG-style tensors (see `GRAPH_INPUT_NAMES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
+
+
+try:  # inside `try` so transformers' remote-code import check passes on the plain-module fallback below
+    from torch_geometric.nn import BatchNorm, GINEConv
+    from torch_geometric.utils import to_dense_batch
+except ImportError as error:
+    raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
+
+try:  # loaded as remote code (a package next to the weights)
+    from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+except ImportError:  # imported as a plain module from the repository root
+    from configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+
+
+logger = logging.get_logger(__name__)
+
+@dataclass
+class LlamoGraphOutput(ModelOutput):
+    """
+    Output of the graph side of LLaMo.
+
+    Args:
+        graph_features (`torch.FloatTensor` of shape `(num_graph_slots, hidden_size)`):
+            Projected graph tokens of all molecules, in slot order (molecule by molecule).
+        node_states (`tuple(torch.FloatTensor)`):
+            The GIN's `gnn_num_layers + 1` levels of node states, each `(num_atoms, gnn_hidden_size)`.
+        level_attentions (`torch.FloatTensor` of shape `(num_molecules, num_levels, num_queries, max_atoms)`, *optional*):
+            Cross-attention weights of the level queries over each molecule's atoms (averaged over heads); padded
+            atom positions are 0. The resampler reports its single attention as one level (the last GNN layer).
+        motif_attentions (`torch.FloatTensor` of shape `(num_molecules, num_motif_queries, max_motifs)`, *optional*):
+            Cross-attention weights of the motif queries over each molecule's functional groups.
+    """
+
+    graph_features: torch.FloatTensor | None = None
+    node_states: tuple[torch.FloatTensor, ...] | None = None
+    level_attentions: torch.FloatTensor | None = None
+    motif_attentions: torch.FloatTensor | None = None
+
+
+@dataclass
+class LlamoModelOutputWithPast(BaseModelOutputWithPast):
+    """`BaseModelOutputWithPast` plus `graph_outputs` (a `LlamoGraphOutput`, when graph inputs were given)."""
+
+    graph_outputs: LlamoGraphOutput | None = None
+
+
+@dataclass
+class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus `graph_outputs` (a `LlamoGraphOutput`, when graph inputs were given)."""
+
+    graph_outputs: LlamoGraphOutput | None = None
+
+
+class LlamoCategoricalEmbedding(nn.Module):
+    """Sum of one embedding per categorical feature column (OGB's AtomEncoder / BondEncoder)."""
+
+    def __init__(self, vocab_sizes: list[int], hidden_size: int):
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(size, hidden_size) for size in vocab_sizes)
+
+    def forward(self, features: torch.LongTensor) -> torch.Tensor:
+        return sum(embedding(features[:, column]) for column, embedding in enumerate(self.embeddings))
+
+
+class LlamoGINLayer(nn.Module):
+    """GINE layer of LLaMo's GIN: h' = BN(MLP((1 + eps) h + sum_j ReLU(h_j + BondEmb(e_ij)))), own bond embedding."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        hidden = config.gnn_hidden_size
+        self.bond_embedding = LlamoCategoricalEmbedding(config.bond_feature_vocab_sizes, hidden)
+        mlp = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), BatchNorm(2 * hidden, allow_single_element=True), nn.ReLU(), nn.Linear(2 * hidden, hidden)
+        )
+        self.conv = GINEConv(mlp, train_eps=True)
+        # A batch holding a single atom (one water molecule) uses the running statistics instead of failing.
+        self.batch_norm = BatchNorm(hidden, allow_single_element=True)
+        self.dropout = nn.Dropout(config.gnn_dropout)
+
+    def forward(
+        self, hidden_states: torch.Tensor, edge_index: torch.LongTensor, edge_features: torch.LongTensor, activate: bool
+    ) -> torch.Tensor:
+        hidden_states = self.batch_norm(self.conv(hidden_states, edge_index, self.bond_embedding(edge_features)))
+        if activate:
+            hidden_states = F.relu(hidden_states)
+        return self.dropout(hidden_states)
+
+
+class LlamoGraphEncoder(nn.Module):
+    """GIN over OGB-featurized molecules, returning every level: the atom embeddings and each layer's output."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        self.atom_embedding = LlamoCategoricalEmbedding(config.atom_feature_vocab_sizes, config.gnn_hidden_size)
+        self.layers = nn.ModuleList(LlamoGINLayer(config) for _ in range(config.gnn_num_layers))
+
+    def forward(
+        self, node_features: torch.LongTensor, edge_index: torch.LongTensor, edge_features: torch.LongTensor
+    ) -> tuple[torch.Tensor, ...]:
+        hidden_states = self.atom_embedding(node_features)
+        levels = [hidden_states]
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, edge_index, edge_features, activate=index < len(self.layers) - 1)
+            levels.append(hidden_states)
+        return tuple(levels)
+
+
+class LlamoGraphTokenHead(nn.Module):
+    """LayerNorm (computed in fp32, as the original) then an MLP from the graph width to the LLM width."""
+
+    def __init__(self, input_size: int, config: LlamoConfig):
+        super().__init__()
+        output_size = config.text_config.hidden_size
+        self.layer_norm = nn.LayerNorm(input_size)
+        layers = [nn.Linear(input_size, output_size)]
+        for _ in range(config.projector_mlp_depth - 1):
+            layers += [ACT2FN[config.projector_hidden_act], nn.Linear(output_size, output_size)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(
+            tokens.float(), self.layer_norm.normalized_shape, self.layer_norm.weight.float(), self.layer_norm.bias.float(), self.layer_norm.eps
+        )
+        return self.mlp(normed.to(self.mlp[0].weight.dtype))
+
+
+def attend_to_sets(
+    attention: nn.MultiheadAttention, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, need_weights: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cross-attention of `queries` [B, Q, H] over padded sets `keys` [B, N, H] (`key_mask` True = real element).
+
+    A molecule with an empty set (no functional groups) gets its queries back unchanged, as in LLaMo. Its first
+    padding slot is unmasked only to keep softmax finite: a fully masked row would produce NaN and poison the
+    gradients of the shared attention even though its output is discarded.
+    """
+    keys = keys.to(queries.dtype)
+    if keys.shape[1] == 0:
+        weights = queries.new_zeros(queries.shape[0], queries.shape[1], 0) if need_weights else None
+        return queries, weights
+    empty = ~key_mask.any(dim=1)
+    padding_mask = ~key_mask
+    padding_mask[:, 0] &= ~empty
+    attended, weights = attention(queries, keys, keys, key_padding_mask=padding_mask, need_weights=need_weights)
+    attended = torch.where(empty[:, None, None], queries, attended)
+    if weights is not None:
+        weights = weights.masked_fill(empty[:, None, None], 0.0)
+    return attended, weights
+
+
+class LlamoMultiLevelProjector(nn.Module):
+    """MGProj: learned queries per GNN level (and over functional-group motifs) cross-attend the molecule; the
+    resulting tokens are normalized and mapped to the LLM's width. With the defaults: 6 x 4 + 4 = 28 tokens."""
+
+    def __init__(self, config: LlamoConfig, use_motifs: bool):
+        super().__init__()
+        hidden, heads = config.gnn_hidden_size, config.projector_num_heads
+        self.num_levels = config.num_graph_levels
+        self.motif_tokens_first = config.motif_tokens_first
+        self.level_queries = nn.Parameter(torch.empty(self.num_levels, config.num_query_tokens_per_level, hidden))
+        num_attentions = 1 if config.share_level_cross_attention else self.num_levels
+        self.level_attentions = nn.ModuleList(
+            nn.MultiheadAttention(hidden, heads, batch_first=True) for _ in range(num_attentions)
+        )
+        if use_motifs:
+            self.motif_embedding = nn.Linear(config.motif_feature_size, hidden, bias=False)
+            self.motif_queries = nn.Parameter(torch.empty(config.num_motif_query_tokens, hidden))
+            self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.use_motifs = use_motifs
+        self.head = LlamoGraphTokenHead(hidden, config)
+
+    def forward(
+        self,
+        levels: tuple[torch.Tensor, ...],
+        node_batch: torch.LongTensor,
+        num_molecules: int,
+        motif_features: torch.Tensor | None,
+        motif_batch: torch.LongTensor | None,
+        output_attentions: bool = False,
+    ) -> LlamoGraphOutput:
+        # All levels padded per molecule in one call: [B, max_atoms, L + 1, H] -> [L + 1, B, max_atoms, H]
+        dense, atom_mask = to_dense_batch(torch.cat(levels, dim=-1), node_batch, batch_size=num_molecules)
+        dense = dense.unflatten(-1, (self.num_levels, -1)).permute(2, 0, 1, 3)
+        queries = self.level_queries[:, None].expand(-1, num_molecules, -1, -1)
+
+        if len(self.level_attentions) == 1:  # shared attention: every level in a single batched call
+            tokens, weights = attend_to_sets(
+                self.level_attentions[0],
+                queries.flatten(0, 1),
+                dense.flatten(0, 1),
+                atom_mask.repeat(self.num_levels, 1),
+                output_attentions,
+            )
+            tokens = tokens.unflatten(0, (self.num_levels, num_molecules))
+            weights = weights.unflatten(0, (self.num_levels, num_molecules)) if output_attentions else None
+        else:
+            per_level = [
+                attend_to_sets(attention, queries[level], dense[level], atom_mask, output_attentions)
+                for level, attention in enumerate(self.level_attentions)
+            ]
+            tokens = torch.stack([level_tokens for level_tokens, _ in per_level])
+            weights = torch.stack([level_weights for _, level_weights in per_level]) if output_attentions else None
+        level_tokens = tokens.permute(1, 0, 2, 3).flatten(1, 2)  # [B, (L + 1) * Q, H], level by level
+        level_weights = weights.permute(1, 0, 2, 3) if output_attentions else None
+
+        motif_weights = None
+        if self.use_motifs:
+            motif_tokens, motif_weights = self._motif_tokens(motif_features, motif_batch, num_molecules, output_attentions)
+            parts = (motif_tokens, level_tokens) if self.motif_tokens_first else (level_tokens, motif_tokens)
+            level_tokens = torch.cat(parts, dim=1)
+        graph_tokens = self.head(level_tokens)
+        return LlamoGraphOutput(
+            graph_features=graph_tokens.flatten(0, 1),
+            node_states=levels,
+            level_attentions=level_weights,
+            motif_attentions=motif_weights,
+        )
+
+    def _motif_tokens(
+        self, motif_features: torch.Tensor | None, motif_batch: torch.LongTensor | None, num_molecules: int, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if motif_features is None or motif_batch is None:
+            raise ValueError(
+                "this LLaMo projector uses functional-group motifs: pass `graph_motif_features` and `graph_motif_batch` "
+                "(LlamoProcessor returns them)"
+            )
+        embedded = self.motif_embedding(motif_features.to(self.motif_embedding.weight.dtype))
+        dense, motif_mask = to_dense_batch(embedded, motif_batch, batch_size=num_molecules)
+        queries = self.motif_queries[None].expand(num_molecules, -1, -1)
+        return attend_to_sets(self.motif_attention, queries, dense, motif_mask, output_attentions)
+
+
+class LlamoResamplerProjector(nn.Module):
+    """Ablation: one set of learned queries cross-attending the last GNN layer (no levels, no motifs)."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        hidden = config.gnn_hidden_size
+        self.queries = nn.Parameter(torch.empty(config.num_graph_tokens, hidden))
+        self.attention = nn.MultiheadAttention(hidden, config.projector_num_heads, batch_first=True)
+        self.head = LlamoGraphTokenHead(hidden, config)
+
+    def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
+        dense, atom_mask = to_dense_batch(levels[-1], node_batch, batch_size=num_molecules)
+        queries = self.queries[None].expand(num_molecules, -1, -1)
+        tokens, weights = attend_to_sets(self.attention, queries, dense, atom_mask, output_attentions)
+        return LlamoGraphOutput(
+            graph_features=self.head(tokens).flatten(0, 1),
+            node_states=levels,
+            level_attentions=weights[:, None] if output_attentions else None,
+        )
+
+
+class LlamoNodeProjector(nn.Module):
+    """Ablation: one graph token per atom, an MLP on the lowest, the highest or all levels concatenated."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        self.levels = {"mlp_low": "low", "mlp_high": "high", "mlp_concat": "concat"}[config.projector_type]
+        width = config.gnn_hidden_size * (config.num_graph_levels if self.levels == "concat" else 1)
+        self.head = LlamoGraphTokenHead(width, config)
+
+    def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
+        if self.levels == "concat":
+            nodes = torch.cat(levels, dim=-1)
+        else:
+            nodes = levels[0] if self.levels == "low" else levels[-1]
+        return LlamoGraphOutput(graph_features=self.head(nodes), node_states=levels)
+
+
+def build_projector(config: LlamoConfig) -> nn.Module | None:
+    if config.projector_type == "none":
+        return None
+    if config.projector_type == "resampler":
+        return LlamoResamplerProjector(config)
+    if config.projector_type.startswith("mlp_"):
+        return LlamoNodeProjector(config)
+    return LlamoMultiLevelProjector(config, use_motifs=config.uses_motifs)
+
+
+def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index: torch.LongTensor) -> dict[str, torch.Tensor]:
+    """Graph inputs of the molecules `molecule_index` (in that order, repeats allowed), re-indexed from 0.
+
+    Expects nodes, edges and motifs grouped molecule by molecule, as `LlamoProcessor` produces them.
+    """
+    node_batch = graph_inputs["graph_node_batch"]
+    num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+    edge_batch = node_batch[graph_inputs["graph_edge_index"][0]]
+    node_counts = torch.bincount(node_batch, minlength=num_molecules)
+    old_node_start = node_counts.cumsum(0) - node_counts
+
+    def gather(batch: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:
+        """Positions of the selected molecules' elements and their new molecule ids."""
+        counts = torch.bincount(batch, minlength=num_molecules)
+        start = counts.cumsum(0) - counts
+        new_counts = counts[molecule_index]
+        new_batch = torch.repeat_interleave(torch.arange(len(molecule_index), device=batch.device), new_counts)
+        new_start = new_counts.cumsum(0) - new_counts
+        within = torch.arange(int(new_counts.sum()), device=batch.device) - new_start[new_batch]
+        return start[molecule_index][new_batch] + within, new_batch
+
+    node_source, new_node_batch = gather(node_batch)
+    edge_source, new_edge_batch = gather(edge_batch)
+    new_node_counts = node_counts[molecule_index]
+    new_node_start = new_node_counts.cumsum(0) - new_node_counts
+    shift = new_node_start[new_edge_batch] - old_node_start[molecule_index][new_edge_batch]
+    selected = {
+        "graph_node_features": graph_inputs["graph_node_features"][node_source],
+        "graph_edge_index": graph_inputs["graph_edge_index"][:, edge_source] + shift,
+        "graph_edge_features": graph_inputs["graph_edge_features"][edge_source],
+        "graph_node_batch": new_node_batch,
+    }
+    if graph_inputs.get("graph_motif_features") is not None:
+        motif_source, new_motif_batch = gather(graph_inputs["graph_motif_batch"])
+        selected["graph_motif_features"] = graph_inputs["graph_motif_features"][motif_source]
+        selected["graph_motif_batch"] = new_motif_batch
+    return selected
+
+
+class LlamoPreTrainedModel(PreTrainedModel):
+    config: LlamoConfig
+    config_class = LlamoConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16.
+    _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm
+        std = self.config.query_init_std
+        if isinstance(module, LlamoMultiLevelProjector):
+            init.normal_(module.level_queries, mean=0.0, std=std)
+            if module.use_motifs:
+                init.normal_(module.motif_queries, mean=0.0, std=std)
+        elif isinstance(module, LlamoResamplerProjector):
+            init.normal_(module.queries, mean=0.0, std=std)
+        elif isinstance(module, GINEConv) and isinstance(module.eps, nn.Parameter):
+            init.zeros_(module.eps)
+
+
+class LlamoModel(LlamoPreTrainedModel):
+    """LLaMo without a language-modeling head: graph encoder, graph projector and the language model's base."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
+        has_graph = config.projector_type != "none"
+        self.graph_encoder = LlamoGraphEncoder(config) if has_graph else None
+        self.projector = build_projector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # A frozen graph encoder (stage 2) stays in eval mode, so BatchNorm keeps its running statistics.
+        if self.graph_encoder is not None and not any(p.requires_grad for p in self.graph_encoder.parameters()):
+            self.graph_encoder.eval()
+        return self
+
+    def get_graph_features(
+        self,
+        graph_node_features: torch.LongTensor,
+        graph_edge_index: torch.LongTensor,
+        graph_edge_features: torch.LongTensor,
+        graph_node_batch: torch.LongTensor,
+        graph_motif_features: torch.FloatTensor | None = None,
+        graph_motif_batch: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+    ) -> LlamoGraphOutput:
+        """Encode a batch of molecules and project them to graph tokens (`graph_features`: slot order, LLM width)."""
+        if self.projector is None:
+            raise ValueError("this LLaMo model has projector_type='none': it reads SMILES text only, not graphs")
+        num_molecules = int(graph_node_batch[-1]) + 1 if graph_node_batch.numel() else 0
+        levels = self.graph_encoder(graph_node_features, graph_edge_index, graph_edge_features)
+        return self.projector(
+            levels, graph_node_batch, num_molecules, graph_motif_features, graph_motif_batch, output_attentions
+        )
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, graph_features: torch.Tensor
+    ) -> torch.BoolTensor:
+        """Mask [batch, seq, 1] of the graph-token slots; raises if their number differs from the graph vectors'."""
+        if input_ids is None:
+            graph_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.graph_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            slot_mask = (inputs_embeds == graph_embedding).all(-1)
+        else:
+            slot_mask = input_ids == self.config.graph_token_id
+        num_slots, num_vectors = int(slot_mask.sum()), graph_features.shape[0]
+        if num_slots != num_vectors:
+            raise ValueError(
+                f"Graph features and graph tokens do not match: the input has {num_slots} graph-token slots "
+                f"(id {self.config.graph_token_id}) but the molecules gave {num_vectors} graph vectors. Build the inputs "
+                "with LlamoProcessor, and do not truncate prompts inside their graph tokens."
+            )
+        return slot_mask.unsqueeze(-1)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        graph_node_features: torch.LongTensor | None = None,
+        graph_edge_index: torch.LongTensor | None = None,
+        graph_edge_features: torch.LongTensor | None = None,
+        graph_node_batch: torch.LongTensor | None = None,
+        graph_motif_features: torch.FloatTensor | None = None,
+        graph_motif_batch: torch.LongTensor | None = None,
+        output_projector_attentions: bool = False,
+        **kwargs,
+    ) -> tuple | LlamoModelOutputWithPast:
+        r"""
+        graph_node_features (`torch.LongTensor` of shape `(num_atoms, 9)`): OGB atom features of all molecules.
+        graph_edge_index (`torch.LongTensor` of shape `(2, num_edges)`): directed bonds, as indices into the atoms.
+        graph_edge_features (`torch.LongTensor` of shape `(num_edges, 3)`): OGB bond features.
+        graph_node_batch (`torch.LongTensor` of shape `(num_atoms,)`): molecule index of each atom.
+        graph_motif_features (`torch.FloatTensor` of shape `(num_motifs, 73)`): functional-group descriptors.
+        graph_motif_batch (`torch.LongTensor` of shape `(num_motifs,)`): molecule index of each motif.
+        output_projector_attentions (`bool`): also return the projector's cross-attention weights.
+
+        Molecules are matched to the `<graph>` slots in order: the first molecule fills the first run of slots.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        graph_outputs = None
+        if graph_node_features is not None and self.projector is not None:
+            graph_outputs = self.get_graph_features(
+                graph_node_features,
+                graph_edge_index,
+                graph_edge_features,
+                graph_node_batch,
+                graph_motif_features,
+                graph_motif_batch,
+                output_attentions=output_projector_attentions,
+            )
+            graph_features = graph_outputs.graph_features.to(inputs_embeds.device, inputs_embeds.dtype)
+            slot_mask = self.get_placeholder_mask(input_ids, inputs_embeds, graph_features)
+            inputs_embeds = inputs_embeds.masked_scatter(slot_mask, graph_features)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        return LlamoModelOutputWithPast(**outputs, graph_outputs=graph_outputs)
+
+
+class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
+    """LLaMo: answers instructions about molecules given as graphs (and SMILES text)."""
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
+        self.model = LlamoModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # Tie target (used when tie_word_embeddings): wherever this language model keeps its input embeddings,
+        # e.g. `embed_tokens` for Llama / Qwen, `decoder.embed_tokens` for OPT.
+        embeddings = self.model.get_input_embeddings()
+        path = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{path}.weight"}
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def get_graph_features(self, **graph_inputs) -> LlamoGraphOutput:
+        return self.model.get_graph_features(**graph_inputs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        graph_node_features: torch.LongTensor | None = None,
+        graph_edge_index: torch.LongTensor | None = None,
+        graph_edge_features: torch.LongTensor | None = None,
+        graph_node_batch: torch.LongTensor | None = None,
+        graph_motif_features: torch.FloatTensor | None = None,
+        graph_motif_batch: torch.LongTensor | None = None,
+        output_projector_attentions: bool = False,
+        **kwargs,
+    ) -> tuple | LlamoCausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets (-100 = ignored). Graph-token slots are never supervised, whatever their label.
+        Graph inputs: see `LlamoModel.forward`.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            graph_node_features=graph_node_features,
+            graph_edge_index=graph_edge_index,
+            graph_edge_features=graph_edge_features,
+            graph_node_batch=graph_node_batch,
+            graph_motif_features=graph_motif_features,
+            graph_motif_batch=graph_motif_batch,
+            output_projector_attentions=output_projector_attentions,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.graph_token_id, -100)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+        # Everything but the last hidden state carries over (the cache field is `cache` or `past_key_values`
+        # depending on the transformers release).
+        carried = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
+        return LlamoCausalLMOutputWithPast(loss=loss, logits=logits, **carried)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        # With a KV cache the graph tokens are encoded once, at prefill; later steps feed only new text tokens.
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in GRAPH_INPUT_NAMES:
+                model_inputs.pop(name, None)
+        return model_inputs
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+        """Beam search / several return sequences: repeat each sample's molecules along with the sample."""
+        graph_inputs = {name: model_kwargs.pop(name) for name in GRAPH_INPUT_NAMES if model_kwargs.get(name) is not None}
+        if graph_inputs and expand_size > 1:
+            if input_ids is None:
+                raise ValueError("expanding graph inputs for beam search / num_return_sequences needs `input_ids`")
+            molecule_sample = self._molecule_sample_index(input_ids, graph_inputs["graph_node_batch"])
+            copies = torch.arange(expand_size, device=molecule_sample.device)
+            molecules = torch.arange(len(molecule_sample), device=molecule_sample.device)
+            # order: sample by sample, each sample's molecules repeated `expand_size` times (repeat_interleave)
+            order_key = (molecule_sample[None, :] * expand_size + copies[:, None]) * len(molecules) + molecules[None, :]
+            molecule_order = molecules.repeat(expand_size)[order_key.flatten().argsort()]
+            graph_inputs = select_graph_molecules(graph_inputs, molecule_order)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        model_kwargs.update(graph_inputs)
+        return input_ids, model_kwargs
+
+    def _molecule_sample_index(self, input_ids: torch.LongTensor, node_batch: torch.LongTensor) -> torch.LongTensor:
+        """Sample (row of `input_ids`) that each molecule's graph-token slots sit in."""
+        num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+        tokens_per_molecule = self.config.num_graph_tokens
+        if tokens_per_molecule is None:  # one token per atom
+            slots = torch.bincount(node_batch, minlength=num_molecules)
+        else:
+            slots = torch.full((num_molecules,), tokens_per_molecule, device=input_ids.device)
+        molecule_end = slots.cumsum(0)
+        sample_end = (input_ids == self.config.graph_token_id).sum(dim=1).cumsum(0)
+        return torch.searchsorted(sample_end, molecule_end.to(sample_end.device))
+
+
+# save_pretrained then writes `auto_map` and copies these files next to the weights (trust_remote_code loading).
+LlamoModel.register_for_auto_class("AutoModel")
+LlamoForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "LlamoForConditionalGeneration",
+    "LlamoModel",
+    "LlamoPreTrainedModel",
+    "select_graph_molecules",
+]

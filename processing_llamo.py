@@ -1,0 +1,273 @@
+"""Processor for LLaMo: tokenizer + chat template + molecule featurization (SMILES -> graph tensors)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
+
+
+try:  # loaded as remote code (a package next to the weights)
+    from .configuration_llamo import GRAPH_INPUT_NAMES
+    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_molecule, parse_smiles, prompt_smiles
+except ImportError:  # imported as a plain module from the repository root
+    from configuration_llamo import GRAPH_INPUT_NAMES
+    from featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_molecule, parse_smiles, prompt_smiles
+
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_SYSTEM_MESSAGE = "The following is a conversation between a curious human and AI assistant."
+
+# LLaMo's Llama-2-chat layout: system message and first user turn in one [INST] block, one [INST] block per later
+# user turn, every answer closed by EOS. Answers are marked with {% generation %} for assistant-only losses.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system_message = messages[0]['content'] -%}{%- set conversation = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}{%- set conversation = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in conversation -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first -%}"
+    "{{ bos_token }}[INST] <<SYS>>\n{{ system_message }}\n<</SYS>>\n\n{{ message['content'] | trim }} [/INST]"
+    "{%- else -%}"
+    "{{ bos_token }}[INST] {{ message['content'] | trim }} [/INST]"
+    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{% generation %}{{ ' ' + (message['content'] | trim) + eos_token }}{% endgeneration %}"
+    "{%- else -%}"
+    "{{ raise_exception('LLaMo conversations have system, user and assistant turns, got: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+class LlamoProcessor(ProcessorMixin):
+    r"""
+    Turns prompts and SMILES into LLaMo's inputs.
+
+    Each `<graph>` placeholder in the text stands for one molecule (in order) and is replaced by the molecule's
+    SMILES as shown to the language model (canonical, non-isomeric, at most 128 characters, as in LLaMo) followed
+    by the graph-token slots that the model fills with graph vectors. The molecules themselves are featurized
+    here, once, into flat tensors (OGB atom/bond features, functional-group descriptors, molecule indices).
+
+    Args:
+        tokenizer: the language model's tokenizer; it must know `graph_token` as a single special token.
+        chat_template (`str`, *optional*): Jinja template (LLaMo's Llama-2-chat layout by default).
+        graph_token (`str`, defaults to `"<graph>"`): placeholder in prompts and slot token in `input_ids`.
+        num_graph_tokens (`int` or `None`, defaults to 28): slots per molecule (`LlamoConfig.num_graph_tokens`);
+            `None` gives one slot per atom (per-atom MLP projectors), 0 gives none (text-only model).
+        smiles_in_prompt (`bool`, defaults to `True`): write the SMILES text before the slots.
+        smiles_max_length (`int` or `None`, defaults to 128): truncate that SMILES text.
+        isomeric_smiles (`bool`, defaults to `False`): keep stereo and isotopes in that SMILES text.
+    """
+
+    def __init__(
+        self,
+        tokenizer=None,
+        chat_template: str | None = None,
+        graph_token: str = "<graph>",
+        num_graph_tokens: int | None = 28,
+        smiles_in_prompt: bool = True,
+        smiles_max_length: int | None = 128,
+        isomeric_smiles: bool = False,
+    ):
+        if tokenizer is None:
+            raise ValueError("LlamoProcessor needs a tokenizer")
+        graph_token_id = tokenizer.convert_tokens_to_ids(graph_token)
+        if graph_token_id is None or graph_token_id == tokenizer.unk_token_id or graph_token not in tokenizer.all_special_tokens:
+            raise ValueError(
+                f"the tokenizer has no special token {graph_token!r}: add it first, e.g. "
+                f"tokenizer.add_special_tokens({{'additional_special_tokens': [{graph_token!r}]}}), and resize the model's embeddings"
+            )
+        if num_graph_tokens is not None and num_graph_tokens < 0:
+            raise ValueError(f"num_graph_tokens must be >= 0 or None (one per atom), got {num_graph_tokens}")
+        self.graph_token = graph_token
+        self.graph_token_id = graph_token_id
+        self.num_graph_tokens = num_graph_tokens
+        self.smiles_in_prompt = smiles_in_prompt
+        self.smiles_max_length = smiles_max_length
+        self.isomeric_smiles = isomeric_smiles
+        super().__init__(tokenizer, chat_template=chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
+
+    def featurize(self, smiles: str) -> tuple[MoleculeGraph | None, str]:
+        """Parse one SMILES: its graph (None for a text-only model) and the SMILES text shown in the prompt.
+        Raises `ValueError` for invalid or empty SMILES."""
+        mol = parse_smiles(smiles)
+        graph = featurize_molecule(mol) if self.num_graph_tokens != 0 else None
+        return graph, prompt_smiles(mol, isomeric=self.isomeric_smiles, max_length=self.smiles_max_length)
+
+    def molecule_prompt(self, graph: MoleculeGraph | None, shown_smiles: str) -> str:
+        """What one `<graph>` placeholder becomes: SMILES text, then one slot token per graph token."""
+        slots = self.num_graph_tokens if self.num_graph_tokens is not None else graph.num_atoms
+        return (shown_smiles if self.smiles_in_prompt else "") + self.graph_token * slots
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        smiles: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """
+        Tokenize prompts and featurize their molecules.
+
+        Args:
+            text: one prompt or a batch; each `<graph>` placeholder stands for one molecule.
+            smiles: the molecules, in placeholder order: one string, a flat list over the whole batch, or one
+                list per prompt.
+            **kwargs: passed to the tokenizer (`padding`, `padding_side`, `truncation`, `max_length`,
+                `return_tensors`, ...).
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, when there are molecules, the graph inputs
+            `graph_node_features`, `graph_edge_index`, `graph_edge_features`, `graph_node_batch`,
+            `graph_motif_features` and `graph_motif_batch`.
+        """
+        for modality in ("images", "videos", "audio"):
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"LlamoProcessor reads text and molecules (SMILES), not {modality}")
+        if text is None:
+            raise ValueError("LlamoProcessor needs `text` (prompts with a <graph> placeholder per molecule)")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not all(isinstance(prompt, str) for prompt in texts):
+            raise ValueError(f"`text` must be a string or a list of strings, got {type(text).__name__}")
+        smiles_per_text = self._match_smiles_to_texts(texts, smiles)
+        return_tensors = kwargs.pop("return_tensors", None)
+        # Requested by `apply_chat_template(..., return_assistant_tokens_mask=True)` to realign the answer spans.
+        return_offsets = kwargs.pop("return_text_replacement_offsets", False)
+
+        graphs: list[MoleculeGraph] = []
+        replacements_per_text = []
+        index = 0
+        for text_index, molecules in enumerate(smiles_per_text):
+            replacements = []
+            for molecule in molecules:
+                try:
+                    graph, shown_smiles = self.featurize(molecule)
+                except ValueError as error:
+                    raise ValueError(f"molecule {index} (text {text_index}): {error}") from None
+                replacements.append(self.molecule_prompt(graph, shown_smiles))
+                if graph is not None:
+                    graphs.append(graph)
+                index += 1
+            replacements_per_text.append(replacements)
+        expanded = [self._expand_placeholders(prompt, replacements) for prompt, replacements in zip(texts, replacements_per_text)]
+
+        text_inputs = self.tokenizer([text for text, _ in expanded], **kwargs)
+        self._check_slots(text_inputs["input_ids"], graphs, smiles_per_text)
+        data = dict(text_inputs)
+        if graphs:
+            data.update(collate_molecule_graphs(graphs))
+        if return_offsets:
+            data["text_replacement_offsets"] = [offsets for _, offsets in expanded]
+        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion)
+
+    def _expand_placeholders(self, prompt: str, replacements: list[str]) -> tuple[str, list[dict]]:
+        """Replace the placeholders of one prompt in order; also report where each one went, in the format of
+        `ProcessorMixin.get_text_with_replacements` (used to realign assistant masks)."""
+        pieces = prompt.split(self.graph_token)
+        expanded, offsets, position = pieces[0], [], len(pieces[0])
+        for replacement, following in zip(replacements, pieces[1:]):
+            offsets.append(
+                {
+                    "type": "molecule",
+                    "span": (position, position + len(self.graph_token)),
+                    "new_span": (len(expanded), len(expanded) + len(replacement)),
+                    "text": self.graph_token,
+                    "replacement": replacement,
+                }
+            )
+            expanded += replacement + following
+            position += len(self.graph_token) + len(following)
+        return expanded, offsets
+
+    def _match_smiles_to_texts(self, texts: list[str], smiles) -> list[list[str]]:
+        """Group the SMILES by prompt, checking them against the `<graph>` placeholders."""
+        counts = [prompt.count(self.graph_token) for prompt in texts]
+        if smiles is None:
+            smiles = []
+        elif isinstance(smiles, str):
+            smiles = [smiles]
+        smiles = list(smiles)
+        if smiles and all(isinstance(item, (list, tuple)) for item in smiles):
+            if len(smiles) != len(texts):
+                raise ValueError(f"got {len(smiles)} lists of SMILES for {len(texts)} texts")
+            grouped = [list(item) for item in smiles]
+            for text_index, (count, group) in enumerate(zip(counts, grouped)):
+                if count != len(group):
+                    raise ValueError(
+                        f"text {text_index} has {count} {self.graph_token} placeholder(s) but {len(group)} SMILES were given for it"
+                    )
+        else:
+            if len(smiles) != sum(counts):
+                raise ValueError(
+                    f"the text has {sum(counts)} {self.graph_token} placeholder(s) but {len(smiles)} SMILES were given: "
+                    f"put one {self.graph_token} where each molecule goes"
+                )
+            starts = [sum(counts[:i]) for i in range(len(counts))]
+            grouped = [smiles[start : start + count] for start, count in zip(starts, counts)]
+        return grouped
+
+    def _check_slots(self, input_ids, graphs: list[MoleculeGraph], smiles_per_text: list[list[str]]) -> None:
+        """Every molecule must keep all its slots after tokenization (truncation can cut them)."""
+        graph_iter = iter(graphs)
+        for text_index, (ids, molecules) in enumerate(zip(input_ids, smiles_per_text)):
+            expected = 0
+            for _ in molecules:
+                if self.num_graph_tokens is None:
+                    expected += next(graph_iter).num_atoms
+                else:
+                    expected += self.num_graph_tokens
+            found = sum(1 for token in ids if token == self.graph_token_id)
+            if found != expected:
+                raise ValueError(
+                    f"text {text_index} has {found} graph-token slots after tokenization but its molecules need {expected}: "
+                    "the prompt was truncated inside its graph tokens (raise max_length), or the text itself contains "
+                    f"the slot token {self.graph_token!r}"
+                )
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """Render a conversation whose user turns may hold molecules: `{"type": "molecule", "smiles": ...}` items
+        become `<graph>` placeholders (content items are joined with spaces) and, when tokenizing, their SMILES
+        are featurized. Any tokenizer chat template works, since message content is plain text by then."""
+        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = conversation if batched else [conversation]
+        rendered, smiles = [], []
+        for messages in conversations:
+            molecules: list[str] = []
+            rendered.append([self._message_to_text(message, index, molecules) for index, message in enumerate(messages)])
+            smiles.append(molecules)
+        if kwargs.get("tokenize", False):
+            processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+            processor_kwargs["smiles"] = smiles if batched else smiles[0]
+            kwargs["processor_kwargs"] = processor_kwargs
+        return super().apply_chat_template(rendered if batched else rendered[0], chat_template=chat_template, **kwargs)
+
+    def _message_to_text(self, message: dict, index: int, molecules: list[str]) -> dict:
+        content = message.get("content")
+        if content is None or isinstance(content, str):
+            return message
+        parts = []
+        for item in content:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "text":
+                parts.append(item["text"])
+            elif kind == "molecule":
+                if not isinstance(item.get("smiles"), str):
+                    raise ValueError(f"message {index}: a molecule item needs a 'smiles' string, got {item!r}")
+                molecules.append(item["smiles"])
+                parts.append(self.graph_token)
+            else:
+                raise ValueError(f"message {index}: LLaMo content items are 'text' or 'molecule', got {item!r}")
+        return {**message, "content": " ".join(parts)}
+
+
+LlamoProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["LlamoProcessor", "DEFAULT_CHAT_TEMPLATE", "DEFAULT_SYSTEM_MESSAGE"]
