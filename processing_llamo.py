@@ -164,9 +164,10 @@ class LlamoProcessor(ProcessorMixin):
         data = dict(text_inputs)
         if graphs:
             data.update(collate_molecule_graphs(graphs))
-        if return_offsets:
-            data["text_replacement_offsets"] = [offsets for _, offsets in expanded]
-        return BatchFeature(data=data, tensor_type=return_tensors, skip_tensor_conversion=self.skip_tensor_conversion)
+        features = BatchFeature(data=data, tensor_type=return_tensors)
+        if return_offsets:  # after the tensor conversion: these stay Python objects
+            features["text_replacement_offsets"] = [offsets for _, offsets in expanded]
+        return features
 
     def _expand_placeholders(self, prompt: str, replacements: list[str]) -> tuple[str, list[dict]]:
         """Replace the placeholders of one prompt in order; also report where each one went, in the format of
