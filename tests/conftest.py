@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -35,6 +36,30 @@ MOLECULES = {
 def read_data_smiles(name: str, column: str = "smiles") -> list[str]:
     with (ROOT / "data" / name).open(encoding="utf-8") as handle:
         return [row[column] for row in csv.DictReader(handle, delimiter="\t")]
+
+
+# The public contract of docs/architecture.md, verbatim apart from the path and max_new_tokens.
+CONTRACT = """
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained(path_or_hub_id, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(path_or_hub_id, trust_remote_code=True)
+
+messages = [{"role": "user", "content": [
+    {"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"},
+    {"type": "text", "text": "Describe this molecule."}]}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True,
+                                       tokenize=True, return_dict=True, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=16)
+print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+"""
+
+
+def run_fresh(code: str, cwd: pathlib.Path) -> str:
+    """Run Python in a new process, outside the repository (nothing importable from it), offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 def user_turn(smiles: str, question: str) -> list[dict]:

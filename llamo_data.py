@@ -1,0 +1,482 @@
+"""Training data for LLaMo: task formats -> conversations -> encoded examples -> batches.
+
+1. `load_source` reads a file (JSON / JSON Lines / CSV / TSV / Parquet) or a Hub dataset with `datasets`, and turns
+   each row of a known format into a conversation `{"smiles": [...], "messages": [...], "task": ...}`. Rows that
+   cannot be used are dropped *and counted with their reason* in a `SkipReport`.
+2. `encode_dataset` featurizes every molecule and tokenizes every conversation once (`datasets.map`), with labels on
+   the assistant turns only; epochs reuse the result.
+3. `LlamoDataCollator` pads a batch (right padding) and concatenates its molecules into the model's flat graph inputs.
+
+Formats (`DataSource.format`; detected from the columns when omitted):
+
+| format | columns | becomes |
+|---|---|---|
+| `messages` | `smiles`, `messages` | the conversation as given; the molecule goes in front of the first user turn, unless the text holds `<graph>` placeholders |
+| `instruction` | `smiles`, `instruction`, `output` (`input` optional) | one question and its answer |
+| `caption` | `SMILES`, `description` (ChEBI-20 / PubChem324k TSV) | "Describe this molecule." and the description |
+| `iupac` | `smiles`, `iupac_name` (or `description` when the format is given) | "What is the IUPAC name …?" and the name |
+| `property` | `smiles` + any of `homo`, `lumo`, `gap` columns (QM9, Hartree) | one question per property, answer with 4 decimals |
+| `mol_instructions` | `instruction`, `input`, `output` (Mol-Instructions) | SELFIES inputs/outputs converted to SMILES |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import datasets
+import torch
+from rdkit import Chem
+
+from featurization_llamo import MOTIF_FEATURE_SIZE, parse_smiles
+
+
+FORMATS = ("messages", "instruction", "caption", "iupac", "property", "mol_instructions")
+PLACEHOLDER = "<graph>"
+
+# Instruction wordings written for this project, picked per row with a seeded generator.
+CAPTION_INSTRUCTIONS = (
+    "Describe this molecule.",
+    "Give a description of this molecule.",
+    "What is this molecule? Describe it.",
+    "Explain what this molecule is.",
+)
+IUPAC_INSTRUCTIONS = (
+    "What is the IUPAC name of this molecule?",
+    "Give the IUPAC name of this molecule.",
+    "Name this molecule according to IUPAC rules.",
+)
+PROPERTY_INSTRUCTIONS = {
+    "homo": "What is the HOMO energy of this molecule in Hartree?",
+    "lumo": "What is the LUMO energy of this molecule in Hartree?",
+    "gap": "What is the HOMO-LUMO gap of this molecule in Hartree?",
+}
+PROPERTY_COLUMNS = {"homo": ("homo", "homo_au"), "lumo": ("lumo", "lumo_au"), "gap": ("gap", "homo_lumo_gap", "homo_lumo_gap_au")}
+SELFIES_PATTERN = re.compile(r"^(\[[^\[\]\s]+\]|\.)+$")
+
+
+@dataclass
+class SkipReport:
+    """Rows left out, counted per reason, with a few examples of each (never dropped silently)."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, detail: str) -> None:
+        self.counts[reason] += 1
+        samples = self.examples.setdefault(reason, [])
+        if len(samples) < 3:
+            samples.append(detail)
+
+    def update(self, other: SkipReport) -> SkipReport:
+        for reason, count in other.counts.items():
+            self.counts[reason] += count
+            self.examples.setdefault(reason, []).extend(other.examples.get(reason, [])[: 3 - len(self.examples.get(reason, []))])
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def lines(self) -> list[str]:
+        return [f"{count} x {reason} (e.g. {'; '.join(self.examples.get(reason, []))})" for reason, count in self.counts.most_common()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "by_reason": dict(self.counts.most_common()), "examples": self.examples}
+
+
+@dataclass
+class DataSource:
+    """One dataset of a training mixture: `[format:]path_or_hub_id[@weight]`, e.g. `iupac:data/pubchem_iupac_train.tsv@0.3`."""
+
+    path: str
+    format: str | None = None
+    weight: float | None = None
+    split: str = "train"
+
+    @classmethod
+    def parse(cls, spec: str) -> DataSource:
+        weight = None
+        if "@" in spec:
+            spec, _, weight_text = spec.rpartition("@")
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                raise ValueError(f"dataset spec {spec!r}: the weight after '@' must be a number, got {weight_text!r}") from None
+        fmt, sep, rest = spec.partition(":")
+        if sep and fmt in FORMATS:
+            return cls(path=rest, format=fmt, weight=weight)
+        return cls(path=spec, weight=weight)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format or 'auto'}:{pathlib.Path(self.path).name}"
+
+
+def read_table(source: DataSource) -> datasets.Dataset:
+    """Rows of a local file (by extension) or of a Hub dataset (any other string)."""
+    path = pathlib.Path(source.path)
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    if suffix in (".csv", ".tsv", ".txt"):
+        # TSV captions may contain stray quote characters: read fields verbatim (QUOTE_NONE).
+        separator = "," if suffix == ".csv" else "\t"
+        kwargs = {"quoting": 3} if separator == "\t" else {}
+        return datasets.load_dataset("csv", data_files=str(path), sep=separator, split="train", **kwargs)
+    if suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
+    if path.exists():
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (use .json, .jsonl, .csv, .tsv, .txt or .parquet)")
+    return datasets.load_dataset(source.path, split=source.split)
+
+
+def column_lookup(columns: list[str]) -> dict[str, str]:
+    """Lower-cased column name -> actual name (ChEBI-20 writes `SMILES`, PubChem tables `smiles`)."""
+    return {name.lower(): name for name in columns}
+
+
+def detect_format(columns: list[str]) -> str:
+    names = column_lookup(columns)
+    if "messages" in names:
+        return "messages"
+    if "instruction" in names and "output" in names:
+        return "mol_instructions" if "smiles" not in names else "instruction"
+    if "iupac_name" in names or "iupac" in names:
+        return "iupac"
+    if any(alias in names for aliases in PROPERTY_COLUMNS.values() for alias in aliases):
+        return "property"
+    if "description" in names and "smiles" in names:
+        return "caption"
+    raise ValueError(f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {FORMATS}")
+
+
+class Skip(NamedTuple):
+    """Why a row is left out: a stable `reason` (counted) and a `detail` (kept as an example)."""
+
+    reason: str
+    detail: str = ""
+
+
+def _text(value: Any) -> str | None:
+    """The stripped string, or None when the field is not a non-empty string."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _selfies_to_smiles(text: str) -> str:
+    import selfies
+
+    try:
+        smiles = selfies.decoder(text)
+    except selfies.DecoderError as error:
+        raise ValueError(f"invalid SELFIES {text!r}: {error}") from None
+    if not smiles:
+        raise ValueError(f"invalid SELFIES {text!r}: decodes to nothing")
+    return smiles
+
+
+def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict] | Skip:
+    """The conversation(s) made from one row, or why the row cannot be used."""
+
+    def get(name: str) -> Any:
+        return row.get(names.get(name, name))
+
+    smiles = get("smiles")
+    if fmt != "mol_instructions":
+        if not isinstance(smiles, str):
+            return Skip("wrong type", f"'smiles' is {type(smiles).__name__}") if smiles is not None else Skip("missing field", "smiles")
+        smiles = smiles.strip().replace("\\\\", "\\")  # ChEBI-20 doubles every backslash
+        if not smiles:
+            return Skip("missing field", "smiles")
+
+    if fmt == "messages":
+        messages = get("messages")
+        if not isinstance(messages, list) or not messages:
+            return Skip("wrong type", "'messages' must be a non-empty list")
+        turns = []
+        for message in messages:
+            role = message.get("role") if isinstance(message, dict) else None
+            content = _text(message.get("content")) if isinstance(message, dict) else None
+            if role not in ("system", "user", "assistant"):
+                return Skip("wrong type", f"message role {role!r}")
+            if content is None:
+                return Skip("empty answer") if role == "assistant" else Skip("wrong type", "message content must be a non-empty string")
+            turns.append(_turn(role, content))
+        if not any(turn["role"] == "assistant" for turn in turns):
+            return Skip("empty answer", "no assistant turn")
+        return [{"smiles": [smiles], "messages": turns, "task": _text(get("task"))}]
+
+    if fmt == "instruction":
+        instruction, answer = _text(get("instruction")), _text(get("output"))
+        if instruction is None:
+            return Skip("missing field", "instruction")
+        if answer is None:
+            return Skip("empty answer")
+        extra = _text(get("input"))
+        question = f"{instruction} {extra}" if extra else instruction
+        return [{"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", answer)]}]
+
+    if fmt in ("caption", "iupac"):
+        column = "description" if fmt == "caption" else next((c for c in ("iupac_name", "iupac", "description") if c in names), "iupac_name")
+        answer = _text(get(column))
+        if answer is None:
+            return Skip("empty answer")
+        question = rng.choice(CAPTION_INSTRUCTIONS if fmt == "caption" else IUPAC_INSTRUCTIONS)
+        return [{"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", answer)]}]
+
+    if fmt == "property":
+        conversations = []
+        for prop, aliases in PROPERTY_COLUMNS.items():
+            column = next((alias for alias in aliases if alias in names), None)
+            if column is None:
+                continue
+            value = get(column)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return Skip("non-numeric property", f"{prop}={value!r}")
+            question = PROPERTY_INSTRUCTIONS[prop]
+            conversations.append({"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", f"{number:.4f}")]})
+        return conversations or Skip("missing field", "homo/lumo/gap")
+
+    # mol_instructions: the molecule arrives as SELFIES in `input`; molecule outputs (reactions) are SELFIES too.
+    instruction, answer, extra = _text(get("instruction")), _text(get("output")), _text(get("input"))
+    if instruction is None:
+        return Skip("missing field", "instruction")
+    if answer is None:
+        return Skip("empty answer")
+    try:
+        molecules = [_selfies_to_smiles(extra)] if extra and SELFIES_PATTERN.match(extra) else []
+        if SELFIES_PATTERN.match(answer):
+            answer = _selfies_to_smiles(answer)
+    except ValueError as error:
+        return Skip("invalid SELFIES", str(error))
+    question = instruction if molecules or not extra else f"{instruction} {extra}"
+    return [{"smiles": molecules, "messages": [_turn("user", question), _turn("assistant", answer)]}]
+
+
+def load_source(source: DataSource, seed: int = 0) -> tuple[datasets.Dataset, SkipReport]:
+    """Conversations `{"smiles": list[str], "messages": list[dict], "task": str}` from one source, and what was skipped."""
+    table = read_table(source)
+    fmt = source.format or detect_format(table.column_names)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use one of {FORMATS}")
+    names = column_lookup(table.column_names)
+
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out = {"smiles": [], "messages": [], "task": [], "skip_reason": [], "skip_detail": []}
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        for index, row in zip(indices, rows):
+            result = _row_to_conversations(row, fmt, names, random.Random(f"{seed}-{index}"))
+            skip = result if isinstance(result, Skip) else None
+            for conversation in [{}] if skip else result:
+                out["smiles"].append(conversation.get("smiles", []))
+                out["messages"].append(conversation.get("messages", []))
+                out["task"].append(conversation.get("task") or fmt)
+                out["skip_reason"].append(skip.reason if skip else "")
+                out["skip_detail"].append(f"row {index}" + (f": {skip.detail}" if skip and skip.detail else "") if skip else "")
+        return out
+
+    converted = table.map(
+        convert, batched=True, with_indices=True, remove_columns=table.column_names, desc=f"Reading {source.name}"
+    )
+    report = SkipReport()
+    for reason, detail in zip(converted["skip_reason"], converted["skip_detail"]):
+        if reason:
+            report.add(f"{source.name}: {reason}", detail)
+    kept = converted.filter(lambda reason: not reason, input_columns="skip_reason")
+    return kept.remove_columns(["skip_reason", "skip_detail"]), report
+
+
+def load_mixture(sources: list[DataSource], seed: int = 0) -> tuple[datasets.Dataset, SkipReport]:
+    """All sources, concatenated, or interleaved with the given proportions (`@weight` on every source)."""
+    loaded = [load_source(source, seed) for source in sources]
+    report = SkipReport()
+    for _, skipped in loaded:
+        report.update(skipped)
+    parts = [dataset for dataset, _ in loaded]
+    weights = [source.weight for source in sources]
+    if len(parts) == 1:
+        return parts[0], report
+    if all(weight is None for weight in weights):
+        return datasets.concatenate_datasets(parts).shuffle(seed=seed), report
+    if any(weight is None or weight <= 0 for weight in weights):
+        raise ValueError(f"give every dataset a positive weight ('path@0.3') or none at all, got {weights}")
+    total = sum(weights)
+    mixture = datasets.interleave_datasets(
+        parts, probabilities=[weight / total for weight in weights], seed=seed, stopping_strategy="all_exhausted_without_replacement"
+    )
+    return mixture, report
+
+
+def is_held_out(smiles: list[str], fraction: float) -> bool:
+    """Whether a conversation about these molecules belongs to the held-out `fraction` (a hash of the canonical
+    SMILES, so one molecule written two ways in two files stays on one side)."""
+    digest = hashlib.sha256("|".join(map(_canonical, smiles)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+
+def split_by_molecule(dataset: datasets.Dataset, fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Deterministic held-out split where all conversations about one molecule land on the same side."""
+    flags = [is_held_out(smiles, fraction) for smiles in dataset["smiles"]]
+    train = dataset.select([i for i, flag in enumerate(flags) if not flag])
+    evaluation = dataset.select([i for i, flag in enumerate(flags) if flag])
+    return train, evaluation
+
+
+def _canonical(smiles: str) -> str:
+    try:
+        return Chem.MolToSmiles(parse_smiles(smiles))
+    except ValueError:
+        return smiles
+
+
+def conversation_with_molecules(smiles: list[str], messages: list[dict]) -> list[dict]:
+    """Chat messages in the processor's format. Molecules fill the `<graph>` placeholders when the text has them,
+    otherwise they go in front of the first user turn. Raises `ValueError` when placeholders and SMILES disagree."""
+    with_placeholders = any(PLACEHOLDER in message["content"] for message in messages)
+    pending = list(smiles)
+    chat = []
+    for message in messages:
+        if with_placeholders and PLACEHOLDER in message["content"]:
+            items = []
+            pieces = message["content"].split(PLACEHOLDER)
+            for position, piece in enumerate(pieces):
+                if piece.strip():
+                    items.append({"type": "text", "text": piece.strip()})
+                if position < len(pieces) - 1:
+                    if not pending:
+                        raise ValueError(f"more {PLACEHOLDER} placeholders than the {len(smiles)} SMILES given")
+                    items.append({"type": "molecule", "smiles": pending.pop(0)})
+            chat.append({**message, "content": items})
+        elif not with_placeholders and message["role"] == "user" and pending:
+            items = [{"type": "molecule", "smiles": s} for s in pending] + [{"type": "text", "text": message["content"]}]
+            chat.append({**message, "content": items})
+            pending = []
+        else:
+            chat.append(dict(message))
+    if pending:
+        raise ValueError(f"{len(pending)} SMILES left without a {PLACEHOLDER} placeholder or user turn")
+    return chat
+
+
+ENCODED_FEATURES = datasets.Features(
+    {
+        "input_ids": datasets.List(datasets.Value("int64")),
+        "labels": datasets.List(datasets.Value("int64")),
+        "graph_node_features": datasets.List(datasets.List(datasets.Value("int64"))),
+        "graph_edge_index": datasets.List(datasets.List(datasets.Value("int64"))),
+        "graph_edge_features": datasets.List(datasets.List(datasets.Value("int64"))),
+        "graph_node_batch": datasets.List(datasets.Value("int64")),
+        "graph_motif_features": datasets.List(datasets.List(datasets.Value("float32"))),
+        "graph_motif_batch": datasets.List(datasets.Value("int64")),
+        "num_molecules": datasets.Value("int64"),
+        "task": datasets.Value("string"),
+        "skip_reason": datasets.Value("string"),
+        "skip_detail": datasets.Value("string"),
+    }
+)
+
+
+def encode_conversation(smiles: list[str], messages: list[dict], processor, max_length: int | None) -> dict[str, Any]:
+    """Token ids, labels (assistant tokens only; -100 elsewhere, graph slots included) and the molecules' graph
+    tensors of one conversation; `skip_reason` / `skip_detail` say why it cannot be used."""
+    empty = {
+        "input_ids": [], "labels": [], "graph_node_features": [], "graph_edge_index": [[], []], "graph_edge_features": [],
+        "graph_node_batch": [], "graph_motif_features": [], "graph_motif_batch": [], "num_molecules": 0,
+    }  # fmt: skip
+    try:
+        chat = conversation_with_molecules(smiles, messages)
+        encoded = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    except ValueError as error:
+        return {**empty, "skip_reason": "invalid molecule or placeholders", "skip_detail": str(error)}
+    ids, mask = encoded["input_ids"][0], encoded["assistant_masks"][0]
+    labels = [token if keep and token != processor.graph_token_id else -100 for token, keep in zip(ids, mask)]
+    if max_length is not None and len(ids) > max_length:
+        if processor.graph_token_id in ids[max_length:]:
+            return {**empty, "skip_reason": "graph tokens beyond max_length", "skip_detail": f"{len(ids)} tokens > {max_length}"}
+        ids, labels = ids[:max_length], labels[:max_length]
+    if all(label == -100 for label in labels):
+        return {**empty, "skip_reason": "no answer token within max_length", "skip_detail": f"max_length={max_length}"}
+    row = {**empty, "input_ids": ids, "labels": labels, "skip_reason": "", "skip_detail": ""}
+    if "graph_node_features" in encoded:
+        row.update({key: encoded[key].tolist() for key in empty if key.startswith("graph_")})
+        row["num_molecules"] = int(encoded["graph_node_batch"].max()) + 1
+    return row
+
+
+def encode_dataset(
+    dataset: datasets.Dataset, processor, max_length: int | None = None, num_proc: int | None = None
+) -> tuple[datasets.Dataset, SkipReport]:
+    """Featurize and tokenize every conversation once; returns the encoded rows and those that could not be used."""
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        return {**encode_conversation(row["smiles"], row["messages"], processor, max_length), "task": row.get("task") or ""}
+
+    encoded = dataset.map(
+        encode, remove_columns=dataset.column_names, features=ENCODED_FEATURES, num_proc=num_proc, desc="Featurizing and tokenizing"
+    )
+    report = SkipReport()
+    for index, (reason, detail) in enumerate(zip(encoded["skip_reason"], encoded["skip_detail"])):
+        if reason:
+            report.add(reason, f"conversation {index}: {detail}")
+    kept = encoded.filter(lambda reason: not reason, input_columns="skip_reason")
+    return kept.remove_columns(["skip_reason", "skip_detail"]), report
+
+
+@dataclass
+class LlamoDataCollator:
+    """Right-pads token ids (`pad_token_id`) and labels (-100), and joins the examples' molecules into one batch of
+    graph inputs, re-indexing nodes and molecules."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(example["input_ids"]) for example in examples)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+        for row, example in enumerate(examples):
+            size = len(example["input_ids"])
+            input_ids[row, :size] = torch.as_tensor(example["input_ids"])
+            labels[row, :size] = torch.as_tensor(example["labels"])
+            attention_mask[row, :size] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        with_molecules = [example for example in examples if example.get("num_molecules")]
+        if with_molecules:
+            batch.update(self._join_graphs(with_molecules))
+        return batch
+
+    @staticmethod
+    def _join_graphs(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        node_features, edge_index, edge_features, node_batch, motif_features, motif_batch = [], [], [], [], [], []
+        nodes = molecules = 0
+        for example in examples:
+            node_features.append(torch.as_tensor(example["graph_node_features"], dtype=torch.long).view(-1, 9))
+            edge_index.append(torch.as_tensor(example["graph_edge_index"], dtype=torch.long).view(2, -1) + nodes)
+            edge_features.append(torch.as_tensor(example["graph_edge_features"], dtype=torch.long).view(-1, 3))
+            node_batch.append(torch.as_tensor(example["graph_node_batch"], dtype=torch.long) + molecules)
+            motif_features.append(torch.as_tensor(example["graph_motif_features"], dtype=torch.float32).view(-1, MOTIF_FEATURE_SIZE))
+            motif_batch.append(torch.as_tensor(example["graph_motif_batch"], dtype=torch.long) + molecules)
+            nodes += node_features[-1].shape[0]
+            molecules += example["num_molecules"]
+        return {
+            "graph_node_features": torch.cat(node_features),
+            "graph_edge_index": torch.cat(edge_index, dim=1),
+            "graph_edge_features": torch.cat(edge_features),
+            "graph_node_batch": torch.cat(node_batch),
+            "graph_motif_features": torch.cat(motif_features),
+            "graph_motif_batch": torch.cat(motif_batch),
+        }
