@@ -808,6 +808,8 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointConversionError as error:
         print(error.report.summary())
         raise SystemExit(f"error: {error}") from None
+    except (ValueError, FileNotFoundError) as error:  # unreadable checkpoint, tokenizer that does not fit, ...
+        raise SystemExit(f"error: {error}") from None
     print(report.summary())
 
 

@@ -663,6 +663,16 @@ def test_a_tokenizer_that_does_not_fit_the_embeddings_is_refused(tmp_path, base_
     )
     with pytest.raises(ValueError, match=r"has 2047 tokens with <pad>, but the checkpoint's embedding table has 2051 rows"):
         convert(tmp_path, base_model, checkpoint)
+    arguments = [
+        "--checkpoint",
+        str(tmp_path / "original.ckpt"),
+        "--base_model",
+        str(base_model[0]),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit, match=r"^error: the tokenizer of .* has 2047 tokens"):  # the CLI: a message, no traceback
+        main(arguments)
 
 
 def test_unsafe_pickles_need_explicit_trust(tmp_path, stage2):
