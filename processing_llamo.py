@@ -62,6 +62,11 @@ class LlamoProcessor(ProcessorMixin):
         smiles_in_prompt (`bool`, defaults to `True`): write the SMILES text before the slots.
         smiles_max_length (`int` or `None`, defaults to 128): truncate that SMILES text.
         isomeric_smiles (`bool`, defaults to `False`): keep stereo and isotopes in that SMILES text.
+        piecewise_tokenization (`bool`, defaults to `False`): tokenize like the original LLaMo code, for exact
+            parity with its released weights: the prompt is cut at each molecule's graph slots, every text piece
+            is stripped of surrounding whitespace and tokenized on its own (so each gets the tokenizer's
+            word-start prefix), a leading BOS is its own token, and the ids are concatenated. Off: the expanded
+            prompt is tokenized in one call.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class LlamoProcessor(ProcessorMixin):
         smiles_in_prompt: bool = True,
         smiles_max_length: int | None = 128,
         isomeric_smiles: bool = False,
+        piecewise_tokenization: bool = False,
     ):
         if tokenizer is None:
             raise ValueError("LlamoProcessor needs a tokenizer")
@@ -90,6 +96,7 @@ class LlamoProcessor(ProcessorMixin):
         self.smiles_in_prompt = smiles_in_prompt
         self.smiles_max_length = smiles_max_length
         self.isomeric_smiles = isomeric_smiles
+        self.piecewise_tokenization = piecewise_tokenization
         super().__init__(tokenizer, chat_template=chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -159,7 +166,11 @@ class LlamoProcessor(ProcessorMixin):
             replacements_per_text.append(replacements)
         expanded = [self._expand_placeholders(prompt, replacements) for prompt, replacements in zip(texts, replacements_per_text)]
 
-        text_inputs = self.tokenizer([text for text, _ in expanded], **kwargs)
+        expanded_texts = [text for text, _ in expanded]
+        if self.piecewise_tokenization:
+            text_inputs = self._tokenize_piecewise(expanded_texts, **kwargs)
+        else:
+            text_inputs = self.tokenizer(expanded_texts, **kwargs)
         self._check_slots(text_inputs["input_ids"], graphs, smiles_per_text)
         data = dict(text_inputs)
         if graphs:
@@ -168,6 +179,79 @@ class LlamoProcessor(ProcessorMixin):
         if return_offsets:  # after the tensor conversion: these stay Python objects
             features["text_replacement_offsets"] = [offsets for _, offsets in expanded]
         return features
+
+    def _tokenize_piecewise(
+        self,
+        texts: list[str],
+        add_special_tokens: bool = True,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_offsets_mapping: bool = False,
+        **kwargs,
+    ) -> dict[str, list]:
+        """`piecewise_tokenization`: the original's `[BOS] + tok(piece) + slots + tok(piece) ...`, then truncation and
+        padding as the tokenizer would do them. Offsets (for assistant masks) point into the expanded text."""
+        bos_token, bos_token_id = self.tokenizer.bos_token, self.tokenizer.bos_token_id
+        width = len(self.graph_token)
+        batch_ids, batch_offsets = [], []
+        for text in texts:
+            ids, offsets, start = [], [], 0
+            if bos_token is not None and text.startswith(bos_token):  # the template's BOS, kept apart as the original did
+                ids.append(bos_token_id)
+                offsets.append((0, len(bos_token)))
+                start = len(bos_token)
+            elif add_special_tokens and bos_token_id is not None:
+                ids.append(bos_token_id)
+                offsets.append((0, 0))
+            while (run_start := text.find(self.graph_token, start)) != -1:  # each run of slot tokens
+                run_end = run_start
+                while text.startswith(self.graph_token, run_end):
+                    run_end += width
+                self._tokenize_piece(text, start, run_start, ids, offsets, return_offsets_mapping, kwargs)
+                ids += [self.graph_token_id] * ((run_end - run_start) // width)
+                offsets += [(position, position + width) for position in range(run_start, run_end, width)]
+                start = run_end
+            self._tokenize_piece(text, start, len(text), ids, offsets, return_offsets_mapping, kwargs)
+            if truncation not in (None, False, "do_not_truncate") and max_length is not None and len(ids) > max_length:
+                keep = slice(len(ids) - max_length, None) if self.tokenizer.truncation_side == "left" else slice(max_length)
+                ids, offsets = ids[keep], offsets[keep]
+            batch_ids.append(ids)
+            batch_offsets.append(offsets)
+
+        padded = self.tokenizer.pad(
+            {"input_ids": batch_ids},
+            padding=padding,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
+            return_attention_mask=return_attention_mask,
+        )
+        data = dict(padded)
+        if return_offsets_mapping:  # padding positions get empty spans, as the tokenizer gives them
+            left = (padding_side or self.tokenizer.padding_side) == "left"
+            data["offset_mapping"] = []
+            for padded_ids, offsets in zip(data["input_ids"], batch_offsets):
+                filler = [(0, 0)] * (len(padded_ids) - len(offsets))
+                data["offset_mapping"].append(filler + offsets if left else offsets + filler)
+        return data
+
+    def _tokenize_piece(self, text: str, start: int, end: int, ids: list, offsets: list, with_offsets: bool, kwargs: dict) -> None:
+        """Tokenize `text[start:end]`, stripped, without special tokens; append its ids and absolute offsets."""
+        piece = text[start:end]
+        stripped = piece.strip()
+        if not stripped:
+            return
+        shift = start + len(piece) - len(piece.lstrip())
+        encoded = self.tokenizer(stripped, add_special_tokens=False, return_offsets_mapping=with_offsets, **kwargs)
+        ids += encoded["input_ids"]
+        if with_offsets:
+            offsets += [(shift + begin, shift + finish) for begin, finish in encoded["offset_mapping"]]
+        else:
+            offsets += [(0, 0)] * len(encoded["input_ids"])
 
     def _expand_placeholders(self, prompt: str, replacements: list[str]) -> tuple[str, list[dict]]:
         """Replace the placeholders of one prompt in order; also report where each one went, in the format of
