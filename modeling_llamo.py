@@ -367,10 +367,11 @@ class LlamoModel(LlamoPreTrainedModel):
 
     def __init__(self, config: LlamoConfig):
         super().__init__(config)
-        has_graph = config.projector_type != "none"
-        self.graph_encoder = LlamoGraphEncoder(config) if has_graph else None
-        self.projector = build_projector(config)
+        # The language model is registered first: `model.dtype` (saved as the checkpoint's dtype) is that of the
+        # first parameter, and the GIN stays fp32 in a bf16 model.
         self.language_model = AutoModel.from_config(config.text_config)
+        self.graph_encoder = LlamoGraphEncoder(config) if config.projector_type != "none" else None
+        self.projector = build_projector(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -233,3 +233,22 @@ def test_text_only_baseline_trains_from_an_llm_in_stage_2(tmp_path, facts_file):
 def test_invalid_runs_are_refused(tmp_path, facts_file, argv, message):
     with pytest.raises(ValueError, match=message):
         train([*argv, "--datasets", facts_file, "--output_dir", str(tmp_path), "--max_steps", "1"])
+
+
+def test_push_to_hub_sends_the_merged_model_and_llamos_card(tmp_path, stage1_folder, facts_file, monkeypatch):
+    """The upload itself is huggingface_hub's (no network here): check what the trainer would upload."""
+    import train_sft
+
+    pushed = {}
+
+    def record_push(self, commit_message=None, **kwargs):
+        self.create_model_card()
+        pushed.update(model=type(self.model).__name__, card=ModelCard.load(pathlib.Path(self.args.output_dir) / "README.md"))
+
+    monkeypatch.setattr(train_sft.LlamoSFTTrainer, "init_hf_repo", lambda self, **kwargs: None)
+    monkeypatch.setattr(train_sft.LlamoSFTTrainer, "push_to_hub", record_push)
+    train(["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--output_dir", str(tmp_path),
+           "--max_steps", "1", "--save_strategy", "no", "--push_to_hub", "--hub_model_id", "someone/llamo-test", *FAST])  # fmt: skip
+    assert pushed["model"] == "LlamoForConditionalGeneration"  # merged, not the PEFT wrapper
+    assert pushed["card"].data.library_name == "transformers"
+    assert 'from_pretrained("someone/llamo-test", trust_remote_code=True)' in pushed["card"].text

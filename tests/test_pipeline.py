@@ -1,0 +1,29 @@
+"""The README's main job, at toy scale: every stage runs, the final folder passes the public contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import CONTRACT, ROOT, run_fresh
+
+
+def test_main_job_runs_end_to_end_and_reports_both_models(tmp_path):
+    out = tmp_path / "outputs"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run_tiny_pipeline.py"), "--output_dir", str(out), "--steps", "2", "--molecules", "40", "--eval_per_task", "4"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for folder in ("tiny-llm", "llamo-tiny-stage1", "llamo-tiny", "baseline-no-graph"):
+        assert (out / folder / "model.safetensors").is_file(), folder
+    results = json.loads((out / "pipeline_results.json").read_text())
+    assert set(results["results"]) == {"llamo-tiny", "baseline-no-graph"}
+    assert {"facts", "iupac", "property"} <= set(results["results"]["llamo-tiny"])
+    assert "| task | metric | LLaMo (graph) | no graph |" in result.stdout and "Sample answers" in result.stdout
+    for name in ("llamo-tiny", "baseline-no-graph"):
+        predictions = (out / "eval" / name / "predictions.jsonl").read_text().splitlines()
+        assert len(predictions) == sum(task["n"] for task in results["results"][name].values())
+    run_fresh(f"path_or_hub_id = {str(out / 'llamo-tiny')!r}\n" + CONTRACT, cwd=tmp_path)
