@@ -214,7 +214,13 @@ class LlamoDemo:
                 [ALL_PANELS, *self.panels], value=ALL_PANELS, label="Projector queries", visible=bool(self.panels), elem_id="panel"
             )
             attention_image = gr.Image(
-                label="Projector attention", type="pil", format="png", interactive=False, elem_id="attention", visible=bool(self.panels)
+                label="Projector attention",
+                type="pil",
+                format="png",
+                interactive=False,
+                buttons=["download", "fullscreen"],
+                elem_id="attention",
+                visible=bool(self.panels),
             )
             attention_note = gr.Markdown(elem_id="attention-note")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import MOLECULES
+from conftest import MOLECULES, ROOT
+from huggingface_hub import SpaceCard
 
 
 app = pytest.importorskip("app", reason="the demo needs gradio (pip install -r requirements.txt)")
@@ -70,3 +71,10 @@ def test_invalid_smiles_leaves_the_conversation_alone_and_reports_the_processor_
     *_, (shown_after, conversation_after, question, status) = demo.respond("C1CC(", "And this one?", conversation)
     assert conversation_after is conversation and shown_after == shown and question == "And this one?"
     assert unescape_markdown(status) == "⚠️ molecule 0 (text 0): invalid SMILES 'C1CC(': RDKit cannot parse it (syntax error)"
+
+
+def test_space_card_runs_app_py_with_the_pinned_gradio():
+    card = SpaceCard.load(ROOT / "space" / "README.md")
+    gradio_pin = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    assert card.data.sdk == "gradio" and card.data.sdk_version == gradio_pin
+    assert (ROOT / card.data.app_file).is_file() and card.data.app_file == "app.py"
