@@ -143,7 +143,7 @@ class LlamoDemo:
         answer decoded at once (what the conversation keeps)."""
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         results: list[torch.Tensor] = []
-        errors: list[BaseException] = []
+        errors: list[Exception] = []
 
         def generate() -> None:
             try:
@@ -152,7 +152,7 @@ class LlamoDemo:
                         **inputs.to(self.model.device), streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False
                     )
                 )
-            except BaseException as error:  # re-raised below, in the request's thread
+            except Exception as error:  # re-raised below, in the request's thread
                 errors.append(error)
                 streamer.end()
 

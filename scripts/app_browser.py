@@ -2,7 +2,8 @@
 scripts/make_demo_images.py.
 
 Chromium and its driver come from Debian (`apt-get install chromium chromium-driver`), not from a download by
-Selenium: both paths are given explicitly, so Selenium Manager stays idle.
+Selenium: both paths are given explicitly (found on PATH, or set by CHROMIUM_BINARY / CHROMEDRIVER), so Selenium
+Manager stays idle.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +29,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROMIUM = os.environ.get("CHROMIUM_BINARY") or shutil.which("chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
 # Headless, and quiet on a closed network: no background services phoning home.
 CHROMIUM_FLAGS = (
     "--headless",
@@ -40,6 +42,11 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+
+
+def missing_browser_parts() -> list[str]:
+    """What of Chromium and its driver cannot be found."""
+    return [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path or not os.path.isfile(path)]
 
 
 def free_port() -> int:
@@ -85,6 +92,8 @@ def wait_until_serving(url: str, process: subprocess.Popen, log_path: pathlib.Pa
 @contextlib.contextmanager
 def chromium(window_size: tuple[int, int] = (1280, 1400)) -> Iterator[WebDriver]:
     """Headless Debian Chromium with a fresh profile, driven through Debian's chromedriver."""
+    if missing_browser_parts():
+        raise RuntimeError(f"not found: {', '.join(missing_browser_parts())} (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:

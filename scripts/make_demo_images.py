@@ -33,12 +33,15 @@ def make_attention_picture(model_path: str, smiles: str, path: pathlib.Path) -> 
 
 
 def make_app_screenshot(model_path: str, smiles: str, question: str, max_new_tokens: int, path: pathlib.Path) -> None:
-    with tempfile.TemporaryDirectory() as scratch:
-        with serve_app(model_path, max_new_tokens, pathlib.Path(scratch) / "app.log") as url, chromium((1280, 1480)) as driver:
-            open_app(driver, url)
-            ask(driver, smiles, question)
-            WebDriverWait(driver, 300).until(attention_image_url)  # drawn once the answer is complete
-            driver.save_screenshot(str(path))
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        serve_app(model_path, max_new_tokens, pathlib.Path(scratch) / "app.log") as url,
+        chromium((1280, 1480)) as driver,
+    ):
+        open_app(driver, url)
+        ask(driver, smiles, question)
+        WebDriverWait(driver, 300).until(attention_image_url)  # drawn once the answer is complete
+        driver.save_screenshot(str(path))
 
 
 def main() -> None:

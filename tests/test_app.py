@@ -9,8 +9,9 @@ from conftest import MOLECULES, ROOT
 from huggingface_hub import SpaceCard
 
 
-app = pytest.importorskip("app", reason="the demo needs gradio (pip install -r requirements.txt)")
+pytest.importorskip("gradio", reason="the demo needs gradio (pip install -r requirements.txt)")
 
+import app  # noqa: E402
 from attention_llamo import available_panels  # noqa: E402
 from tiny_llamo import build_tiny_llamo  # noqa: E402
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import shutil
 import urllib.request
 
 import numpy as np
@@ -22,12 +21,16 @@ from conftest import MOLECULES, ROOT
 
 
 REQUIRED = os.environ.get("LLAMO_BROWSER_TESTS") == "1"
-MISSING = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+MISSING = []
 for module in ("selenium", "gradio"):
     try:
         __import__(module)
     except ImportError:
         MISSING.append(f"python package {module}")
+if not MISSING:
+    from scripts.app_browser import missing_browser_parts
+
+    MISSING = missing_browser_parts()
 if MISSING and not REQUIRED:
     pytest.skip(
         f"browser test needs {', '.join(MISSING)} (apt-get install chromium chromium-driver; pip install -r requirements.txt); "
@@ -36,6 +39,7 @@ if MISSING and not REQUIRED:
     )
 
 from PIL import Image  # noqa: E402
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from attention_llamo import compute_atom_attention, draw_atom_attention  # noqa: E402
@@ -73,7 +77,7 @@ def wait_for_answer(driver, index: int, expected: str, timeout: float = 90) -> N
 
     try:
         WebDriverWait(driver, timeout).until(shown)
-    except Exception:
+    except TimeoutException:
         pytest.fail(f"answer {index} never became {expected!r}; the page shows {bot_messages(driver)!r}")
 
 

@@ -10,6 +10,7 @@ import torch
 from conftest import MOLECULES
 from PIL import Image
 
+import attention_llamo
 from attention_llamo import (
     MOTIF_PANEL,
     AtomAttention,
@@ -177,3 +178,14 @@ def test_png_holds_one_panel_or_all_of_them_in_a_grid(sharp, tmp_path):
     one = attention_png(MOLECULES["aspirin"], model, processor, panel="GNN layer 2", panel_size=(200, 150))
     assert Image.open(io.BytesIO(one)).size == (200, 150)
     assert attention_png(MOLECULES["methane"], model, processor, panel=MOTIF_PANEL).startswith(b"\x89PNG")  # one atom, no group
+
+
+def test_command_line_draws_a_saved_model_loaded_through_the_auto_classes(tiny_folder, tiny, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "caffeine.png"
+    monkeypatch.setattr(
+        "sys.argv", ["attention_llamo.py", "--model", str(tiny_folder), "--smiles", MOLECULES["caffeine"], "--output", str(output)]
+    )
+    attention_llamo.main()
+    assert capsys.readouterr().out.strip() == f"wrote {output}"
+    expected = attention_png(MOLECULES["caffeine"], *tiny)  # the same weights, built in this process
+    assert output.read_bytes() == expected
