@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         "seconds": round(time.time() - started, 1),
         "model_arguments": asdict(model_args),
         "datasets": data_args.datasets,
+        "log_history": trainer.state.log_history,
     }
     trainer.card_info = card_info(model, model_args, data_args, training_args, summary, trainer)
     if trainer.is_world_process_zero():
