@@ -186,7 +186,7 @@ QUESTIONS: dict[str, tuple[tuple[str, ...], callable]] = {
         lambda f: _listing(f.groups) if f.groups else "none of the common ones",
     ),
 }
-HAS_GROUP_QUESTIONS = ("Does this molecule contain a {group}?", "Is there a {group} in this compound?", "Does it have a {group}?")
+HAS_GROUP_QUESTIONS = ("Does this molecule contain {group}?", "Is there {group} in this compound?", "Does it have {group}?")
 DESCRIBE_QUESTIONS = (
     "Describe this molecule.",
     "Give a short description of this molecule.",
@@ -199,7 +199,7 @@ def has_group_question(facts: MoleculeFacts, rng: random.Random) -> tuple[str, s
     """A yes/no question about one named group, asked about present and absent groups equally often."""
     present = rng.random() < 0.5 and facts.groups
     group = rng.choice(facts.groups) if present else rng.choice([g for g in NAMED_GROUPS.values() if g not in facts.groups])
-    return rng.choice(HAS_GROUP_QUESTIONS).format(group=group), "Yes" if group in facts.groups else "No"
+    return rng.choice(HAS_GROUP_QUESTIONS).format(group=_with_article(group)), "Yes" if group in facts.groups else "No"
 
 
 def ask(fact: str, facts: MoleculeFacts, rng: random.Random) -> tuple[str, str]:

@@ -139,7 +139,7 @@ def main() -> None:
 
     log("2/6 stage 0: the tiny base LLM learns the conversations as text")
     tick = time.time()
-    pretrain_base_llm(out / "tiny-llm", sources, args.steps, args.seed)
+    pretrain_base_llm(out / "tiny-llm", [*sources, f"messages:{files['descriptions']}@0.25"], args.steps, args.seed)
     timings["stage0"] = time.time() - tick
 
     common = [

@@ -45,7 +45,7 @@ class LlamoModelArguments:
     stage: int = field(default=1, metadata={"help": "1: graph-language alignment; 2: instruction tuning with LoRA."})
     llm: str | None = field(
         default=None,
-        metadata={"help": "Stage 1: causal LM (Hub id or folder) to build LLaMo around. Default: the tiny CPU model."},
+        metadata={"help": "Causal LM (Hub id or folder) to build a new LLaMo around. Default: the tiny CPU model."},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "Stage 2: the stage-1 output folder (without it, a new model is built around --llm)."}
