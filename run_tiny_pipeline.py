@@ -2,13 +2,13 @@
 
     python run_tiny_pipeline.py [--output_dir outputs]
 
-1. data      instruction data generated from the shipped SMILES (`llamo_instructions.py`), IUPAC names and QM9
-             HOMO/LUMO/gap values; 10% of the molecules are held out of every stage (same split everywhere).
+1. data      instruction data generated from the shipped SMILES (`llamo_instructions.py`) and QM9 HOMO/LUMO/gap
+             values; 10% of the molecules are held out of every stage (same split everywhere).
 2. stage 0   a tiny Llama (the "base LLM") learns the text of the training conversations, SMILES included.
 3. stage 1   LLaMo is built around it; the GIN and projector learn from descriptions, the LLM frozen.
 4. stage 2   instruction tuning: projector + LoRA, GIN frozen  -> `outputs/llamo-tiny`.
 5. baseline  the same base LLM through the same stage 2 with `projector_type none` (SMILES text, no graph).
-6. eval      both answer the held-out questions (greedy); exact match, IUPAC exact match, property MAE.
+6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE.
 
 Every training step is a printed `train_sft.py` command, runnable on its own.
 """
@@ -62,11 +62,9 @@ def shipped_molecules(count: int) -> list[str]:
 
 
 def stage2_sources(files: dict[str, str]) -> list[str]:
-    return [
-        f"messages:{files['questions']}@0.6",
-        f"iupac:{ROOT / 'data' / 'pubchem_iupac_train.tsv'}@0.2",
-        f"property:{ROOT / 'data' / 'qm9_homo_lumo_gap.tsv'}@0.2",
-    ]
+    """Computed-fact questions and QM9 properties: short answers a tiny model can learn in minutes (IUPAC naming
+    is in the quality benchmark, `benchmarks/run_benchmark.py`)."""
+    return [f"messages:{files['questions']}@0.75", f"property:{ROOT / 'data' / 'qm9_homo_lumo_gap.tsv'}@0.25"]
 
 
 def pretrain_base_llm(output_dir: pathlib.Path, sources: list[str], steps: int, seed: int) -> None:
@@ -111,15 +109,14 @@ def train(arguments: list[str]) -> None:
 
 
 def held_out_examples(molecules: list[str], per_task: dict[str, int], seed: int):
-    """Questions about held-out molecules with checkable answers: new exact-answer fact questions, and the
-    held-out IUPAC names and QM9 properties."""
+    """Questions about held-out molecules with checkable answers: new exact-answer fact questions and held-out QM9
+    properties."""
     held_out = [s for s in molecules if is_held_out([s], HELD_OUT)]
     facts = list(generate_examples(held_out, 2, multi_turn_fraction=0.0, descriptions=False, facts_subset=EXACT_FACTS, seed=seed + 1))
     rows = [{**row, "smiles": [row["smiles"]]} for row in facts[: per_task["facts"]]]
-    for task, path in (("iupac", "pubchem_iupac_train.tsv"), ("property", "qm9_homo_lumo_gap.tsv")):
-        conversations, _ = load_source(DataSource(path=str(ROOT / "data" / path), format=task), seed=seed)
-        _, held = split_by_molecule(conversations, HELD_OUT)
-        rows += list(held.select(range(min(per_task[task], len(held)))))
+    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
+    _, held = split_by_molecule(conversations, HELD_OUT)
+    rows += list(held.select(range(min(per_task["property"], len(held)))))
     return examples_from_conversations(rows)
 
 
@@ -169,7 +166,7 @@ def main() -> None:
 
     log("6/6 evaluation on held-out molecules (greedy decoding)")
     tick = time.time()
-    per_task = {"facts": args.eval_per_task, "iupac": args.eval_per_task // 4, "property": args.eval_per_task // 2}
+    per_task = {"facts": args.eval_per_task, "property": args.eval_per_task // 2}
     examples = held_out_examples(shipped_molecules(args.molecules), per_task, args.seed)
     results = {}
     for name in ("llamo-tiny", "baseline-no-graph"):

@@ -21,7 +21,7 @@ def test_main_job_runs_end_to_end_and_reports_both_models(tmp_path):
         assert (out / folder / "model.safetensors").is_file(), folder
     results = json.loads((out / "pipeline_results.json").read_text())
     assert set(results["results"]) == {"llamo-tiny", "baseline-no-graph"}
-    assert {"facts", "iupac", "property"} <= set(results["results"]["llamo-tiny"])
+    assert {"facts", "property"} <= set(results["results"]["llamo-tiny"])
     assert "| task | metric | LLaMo (graph) | no graph |" in result.stdout and "Sample answers" in result.stdout
     for name in ("llamo-tiny", "baseline-no-graph"):
         predictions = (out / "eval" / name / "predictions.jsonl").read_text().splitlines()
