@@ -1,0 +1,110 @@
+"""Generation: LLaMo against its own language model alone, on the same prompts (same length), greedy.
+
+    python benchmarks/bench_generation.py [--repeats 5] [--new_tokens 64]
+
+The bare model is a `LlamaForCausalLM` holding LLaMo's language-model and lm_head weights; its prompts are LLaMo's
+with every graph-token slot replaced by an ordinary token. Each generate call is forced to `--new_tokens` tokens.
+Per new token = (time for N tokens - time for 1 token) / (N - 1), i.e. the decoding steps without the prefill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+from common import (
+    Target,
+    add_thread_argument,
+    set_threads,
+    bare_language_model,
+    build_small_llamo,
+    chat_batch,
+    format_table,
+    interleaved_timings,
+    load_chebi20_smiles,
+    median_ratio,
+    print_header,
+    print_targets,
+    text_only_inputs,
+)
+
+
+def generate_fn(model, inputs: dict, new_tokens: int):
+    """A call that generates exactly `new_tokens` tokens greedily and checks it did."""
+
+    def run(_chunk=None):
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        assert output.shape[1] == inputs["input_ids"].shape[1] + new_tokens
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> list[Target]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    add_thread_argument(parser)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+
+    torch.manual_seed(0)
+    llamo, processor = build_small_llamo(seed=0)
+    llamo.eval()
+    bare = bare_language_model(llamo).eval()
+    filler = processor.tokenizer.convert_tokens_to_ids("C")
+    smiles, source = load_chebi20_smiles(max(args.batch_sizes))
+
+    print_header("Generation: LLaMo vs its language model alone", "python benchmarks/bench_generation.py " + " ".join(argv or sys.argv[1:]))
+    print(
+        f"models: text {dict((k, getattr(llamo.config.text_config, k)) for k in ('hidden_size', 'num_hidden_layers', 'vocab_size'))}, "
+        f"graph side at LLaMo's sizes ({llamo.config.num_graph_tokens} graph tokens); fp32; molecules from {source}"
+    )
+    print(f"greedy, {args.new_tokens} new tokens forced; {args.repeats} repeats, calls interleaved; medians\n")
+
+    rows, targets = [], []
+    for batch_size in args.batch_sizes:
+        inputs = dict(chat_batch(processor, smiles[:batch_size]))
+        bare_inputs = text_only_inputs(inputs, llamo.config.graph_token_id, filler)
+        methods = {
+            "llamo_1": generate_fn(llamo, inputs, 1),
+            "bare_1": generate_fn(bare, bare_inputs, 1),
+            "llamo_n": generate_fn(llamo, inputs, args.new_tokens),
+            "bare_n": generate_fn(bare, bare_inputs, args.new_tokens),
+        }
+        for method in methods.values():  # warm-up
+            method()
+        timings = interleaved_timings(methods, [None], 1, args.repeats)
+        per_token = {
+            name: [(n - one) / (args.new_tokens - 1) for n, one in zip(timings[f"{name}_n"], timings[f"{name}_1"])]
+            for name in ("llamo", "bare")
+        }
+        prompt_length = inputs["input_ids"].shape[1]
+        for name in ("llamo", "bare"):
+            rows.append(
+                [
+                    name,
+                    batch_size,
+                    prompt_length,
+                    f"{statistics.median(timings[f'{name}_1']) * 1e3:.1f}",
+                    f"{statistics.median(per_token[name]) * 1e3:.2f}",
+                    f"{statistics.median(timings[f'{name}_n']) * 1e3:.0f}",
+                ]
+            )
+        targets += [
+            Target(f"batch {batch_size}: time per new token, LLaMo / bare", median_ratio(per_token["llamo"], per_token["bare"]), 1.05),
+            Target(f"batch {batch_size}: end to end, LLaMo / bare", median_ratio(timings["llamo_n"], timings["bare_n"]), 1.15),
+            Target(f"batch {batch_size}: prefill + 1 token, LLaMo / bare", median_ratio(timings["llamo_1"], timings["bare_1"]), None),
+        ]
+    print(format_table(["model", "batch", "prompt tokens", "prefill+1 token ms", "ms per new token", f"end to end ({args.new_tokens} tokens) ms"], rows))
+    print()
+    print_targets(targets)
+    return targets
+
+
+if __name__ == "__main__":
+    main()
