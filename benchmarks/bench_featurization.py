@@ -71,13 +71,34 @@ def build_methods(baseline_module=None) -> dict:
     return methods
 
 
+def profile(args) -> list[Target]:
+    """Call-tree profiles (pyinstrument, `pip install pyinstrument`) of the LLaMo path, and of the baseline revision."""
+    from pyinstrument import Profiler
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    smiles, source = load_chebi20_smiles(args.num_molecules)
+    methods = build_methods(load_featurization_at(args.baseline_rev) if args.baseline_rev else None)
+    for name in [name for name in methods if name.startswith("LLaMo")]:
+        profiler = Profiler(interval=0.0005)
+        with profiler:
+            for _ in range(args.repeats):
+                methods[name](smiles)
+        print(f"\n## pyinstrument: {name}, {args.repeats} x {len(smiles)} SMILES of {source}\n")
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
+    return []
+
+
 def main(argv: list[str] | None = None) -> list[Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk_size", type=int, default=50)
     parser.add_argument("--num_molecules", type=int, default=2000)
     parser.add_argument("--baseline_rev", default=None, help="git revision whose featurization_llamo.py runs alongside")
+    parser.add_argument("--profile", action="store_true", help="instead: pyinstrument profile of the LLaMo path (and the baseline)")
     args = parser.parse_args(argv)
+    if args.profile:
+        return profile(args)
 
     from rdkit import Chem, RDLogger
 

@@ -5,6 +5,8 @@
 The bare model is a `LlamaForCausalLM` holding LLaMo's language-model and lm_head weights; its prompts are LLaMo's
 with every graph-token slot replaced by an ordinary token. Each generate call is forced to `--new_tokens` tokens.
 Per new token = (time for N tokens - time for 1 token) / (N - 1), i.e. the decoding steps without the prefill.
+The decode-step row times the models' forward for one new token on a KV cache (16 steps per call), without
+GenerationMixin: the same quantity with far less noise.
 """
 
 from __future__ import annotations
@@ -43,6 +45,29 @@ def generate_fn(model, inputs: dict, new_tokens: int):
     return run
 
 
+def decode_step_fn(model, inputs: dict, steps: int = 16):
+    """`steps` single-token forwards on top of the prompt's KV cache (cropped back after each), i.e. the model-side
+    cost of one decoding step without GenerationMixin around it: a low-noise check of the per-token overhead."""
+    with torch.inference_mode():
+        output = model(**inputs, use_cache=True)
+    cache = getattr(output, "cache", None) or output.past_key_values
+    length = inputs["input_ids"].shape[1]
+    batch = inputs["input_ids"].shape[0]
+    token = torch.full((batch, 1), 5, dtype=torch.long)
+    attention_mask = torch.cat((inputs["attention_mask"], torch.ones(batch, 1, dtype=torch.long)), dim=1)
+    position_ids = attention_mask.sum(dim=1, keepdim=True) - 1
+    cache_argument = "cache" if hasattr(output, "cache") else "past_key_values"
+
+    def run(_chunk=None):
+        with torch.inference_mode():
+            for _ in range(steps):
+                model(input_ids=token, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache})
+                cache.crop(-1)  # drop the new token again: every step sees the same cache
+        assert cache.get_seq_length() == length
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> list[Target]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -75,6 +100,8 @@ def main(argv: list[str] | None = None) -> list[Target]:
             "bare_1": generate_fn(bare, bare_inputs, 1),
             "llamo_n": generate_fn(llamo, inputs, args.new_tokens),
             "bare_n": generate_fn(bare, bare_inputs, args.new_tokens),
+            "llamo_step": decode_step_fn(llamo, inputs),
+            "bare_step": decode_step_fn(bare, bare_inputs),
         }
         for method in methods.values():  # warm-up
             method()
@@ -97,6 +124,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
             )
         targets += [
             Target(f"batch {batch_size}: time per new token, LLaMo / bare", median_ratio(per_token["llamo"], per_token["bare"]), 1.05),
+            Target(f"batch {batch_size}: decode-step forward (model only), LLaMo / bare", median_ratio(timings["llamo_step"], timings["bare_step"]), 1.05),
             Target(f"batch {batch_size}: end to end, LLaMo / bare", median_ratio(timings["llamo_n"], timings["bare_n"]), 1.15),
             Target(f"batch {batch_size}: prefill + 1 token, LLaMo / bare", median_ratio(timings["llamo_1"], timings["bare_1"]), None),
         ]
