@@ -4,8 +4,8 @@
 
 The bare model is a `LlamaForCausalLM` holding LLaMo's language-model and lm_head weights; its prompts are LLaMo's
 with every graph-token slot replaced by an ordinary token. Each generate call is forced to `--new_tokens` tokens.
-Per new token = (time for N tokens - time for 1 token) / (N - 1), i.e. the decoding steps without the prefill.
-The decode-step row times the models' forward for one new token on a KV cache (16 steps per call), without
+Per new token = median time between consecutive generation steps within a call (a logits processor notes the
+time of each step), i.e. a decoding step without the prefill; prefill = a call for 1 new token. The decode-step row times the models' forward for one new token on a KV cache (16 steps per call), without
 GenerationMixin: the same quantity with far less noise.
 """
 
@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from common import (
     Target,
@@ -34,13 +36,34 @@ from common import (
 )
 
 
-def generate_fn(model, inputs: dict, new_tokens: int):
-    """A call that generates exactly `new_tokens` tokens greedily and checks it did."""
+class StepClock(LogitsProcessor):
+    """Notes the time of every generation step (called once per new token, right after the model's forward)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def generate_fn(model, inputs: dict, new_tokens: int, step_seconds: list[float] | None = None):
+    """A call that generates exactly `new_tokens` tokens greedily and checks it did; with `step_seconds`, it also
+    appends the median time between consecutive steps (one decoding step: forward + greedy pick) of each call."""
 
     def run(_chunk=None):
+        clock = StepClock()
         with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                logits_processor=LogitsProcessorList([clock]),
+            )
         assert output.shape[1] == inputs["input_ids"].shape[1] + new_tokens
+        if step_seconds is not None:
+            step_seconds.append(statistics.median(later - earlier for earlier, later in zip(clock.times, clock.times[1:])))
 
     return run
 
@@ -95,21 +118,20 @@ def main(argv: list[str] | None = None) -> list[Target]:
     for batch_size in args.batch_sizes:
         inputs = dict(chat_batch(processor, smiles[:batch_size]))
         bare_inputs = text_only_inputs(inputs, llamo.config.graph_token_id, filler)
+        per_token = {"llamo": [], "bare": []}
         methods = {
             "llamo_1": generate_fn(llamo, inputs, 1),
             "bare_1": generate_fn(bare, bare_inputs, 1),
-            "llamo_n": generate_fn(llamo, inputs, args.new_tokens),
-            "bare_n": generate_fn(bare, bare_inputs, args.new_tokens),
+            "llamo_n": generate_fn(llamo, inputs, args.new_tokens, per_token["llamo"]),
+            "bare_n": generate_fn(bare, bare_inputs, args.new_tokens, per_token["bare"]),
             "llamo_step": decode_step_fn(llamo, inputs),
             "bare_step": decode_step_fn(bare, bare_inputs),
         }
         for method in methods.values():  # warm-up
             method()
-        timings = interleaved_timings(methods, [None], 1, args.repeats)
-        per_token = {
-            name: [(n - one) / (args.new_tokens - 1) for n, one in zip(timings[f"{name}_n"], timings[f"{name}_1"])]
-            for name in ("llamo", "bare")
-        }
+        for steps in per_token.values():
+            steps.clear()
+        timings = interleaved_timings(methods, [None], 1, args.repeats, seed=batch_size)
         prompt_length = inputs["input_ids"].shape[1]
         for name in ("llamo", "bare"):
             rows.append(

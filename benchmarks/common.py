@@ -11,6 +11,7 @@ import csv
 import os
 import pathlib
 import platform
+import random
 import statistics
 import sys
 import time
@@ -73,31 +74,25 @@ def machine_description() -> str:
     )
 
 
-def rotated(names: Sequence[str], turn: int) -> list[str]:
-    """`names` starting at position `turn`: each method goes first equally often."""
-    turn %= max(len(names), 1)
-    return list(names[turn:]) + list(names[:turn])
-
-
 def interleaved_timings(
-    methods: dict[str, Callable[[Sequence[Any]], Any]], items: Sequence[Any], chunk_size: int, repeats: int
+    methods: dict[str, Callable[[Sequence[Any]], Any]], items: Sequence[Any], chunk_size: int, repeats: int, seed: int = 0
 ) -> dict[str, list[float]]:
     """Seconds each method takes over all `items`, once per repeat.
 
-    Within a repeat the items are processed `chunk_size` at a time and the methods take turns on every chunk, so a
-    change of machine load during the run falls on all of them alike.
+    Within a repeat the items are processed `chunk_size` at a time and the methods take turns on every chunk, in a
+    fresh (seeded) random order each time, so a change of machine load falls on all of them alike and no method
+    always runs right after the same other one.
     """
     names = list(methods)
     totals = {name: [0.0] * repeats for name in names}
     chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
-    turn = 0
+    order = random.Random(seed)
     for repeat in range(repeats):
         for chunk in chunks:
-            for name in rotated(names, turn):
+            for name in order.sample(names, len(names)):
                 start = time.perf_counter()
                 methods[name](chunk)
                 totals[name][repeat] += time.perf_counter() - start
-            turn += 1
     return totals
 
 
