@@ -3,8 +3,8 @@
     python benchmarks/bench_memory.py [--train_steps 500] [--generate_calls 1000]
 
 The tiny LLaMo (tiny_llamo.py) trains with the stage-2 recipe of bench_training.py and then answers one molecule per
-generate call (processor included), cycling through a fixed set of molecules. RSS is sampled (after gc.collect())
-at regular intervals. The first 20% of each run is warm-up (optimizer state, allocator pools, the featurization
+generate call (processor included), cycling through a fixed set of molecules. RSS is sampled (after gc.collect() and
+glibc's malloc_trim) after every pass over the training batches and every 50 generate calls. The first 20% of each run is warm-up (optimizer state, allocator pools, the featurization
 cache filling up); growth is measured from there to the end, and the slope is a least-squares fit over that span.
 Peak RSS of a whole command: see benchmarks/peak_rss.py.
 """
@@ -12,6 +12,7 @@ Peak RSS of a whole command: see benchmarks/peak_rss.py.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import sys
 from typing import Callable
@@ -22,8 +23,22 @@ import torch
 from common import Target, add_thread_argument, chat_batch, format_table, load_chebi20_examples, print_header, print_targets, set_threads
 
 
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim, which hands freed heap pages back to the OS (a no-op elsewhere)."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
+_TRIM = _malloc_trim()
+
+
 def rss_mib() -> float:
+    """RSS after collecting garbage and trimming the allocator, so it follows live memory, not allocator caches."""
     gc.collect()
+    _TRIM()
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -74,7 +89,8 @@ def main(argv: list[str] | None = None) -> list[Target]:
     ]
     peft_model = stage2_llamo(model)
     train = train_step_fn(peft_model, batches)
-    train_samples = sample_rss(lambda i: train([i % len(batches)]), args.train_steps, max(args.train_steps // 20, 1))
+    # sampled after every pass over the batches, i.e. always after the same batch: activation sizes vary by batch
+    train_samples = sample_rss(lambda i: train([i % len(batches)]), args.train_steps, len(batches))
 
     generator = peft_model.merge_and_unload().eval()
 
