@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     parser.add_argument("--repeats", type=int, default=9, help="fewer swing the ratios by +-10%% on a loaded machine")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--aa", action="store_true", help="also time a second copy of the bare model: an A/A ratio shows the noise")
     add_thread_argument(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     llamo, processor = build_small_llamo(seed=0)
     llamo.eval()
     bare = bare_language_model(llamo).eval()
+    bare_copy = bare_language_model(llamo).eval() if args.aa else None
     filler = processor.tokenizer.convert_tokens_to_ids("C")
     smiles, source = load_chebi20_smiles(max(args.batch_sizes))
 
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     for batch_size in args.batch_sizes:
         inputs = dict(chat_batch(processor, smiles[:batch_size]))
         bare_inputs = text_only_inputs(inputs, llamo.config.graph_token_id, filler)
-        per_token = {"llamo": [], "bare": []}
+        per_token = {"llamo": [], "bare": [], "copy": []}
         methods = {
             "llamo_1": generate_fn(llamo, inputs, 1),
             "bare_1": generate_fn(bare, bare_inputs, 1),
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> list[Target]:
             "llamo_step": decode_step_fn(llamo, inputs),
             "bare_step": decode_step_fn(bare, bare_inputs),
         }
+        if bare_copy is not None:
+            methods["copy_n"] = generate_fn(bare_copy, bare_inputs, args.new_tokens, per_token["copy"])
         for method in methods.values():  # warm-up
             method()
         for steps in per_token.values():
@@ -150,6 +154,11 @@ def main(argv: list[str] | None = None) -> list[Target]:
             Target(f"batch {batch_size}: end to end, LLaMo / bare", median_ratio(timings["llamo_n"], timings["bare_n"]), 1.15),
             Target(f"batch {batch_size}: prefill + 1 token, LLaMo / bare", median_ratio(timings["llamo_1"], timings["bare_1"]), None),
         ]
+        if bare_copy is not None:
+            targets += [
+                Target(f"batch {batch_size}: A/A time per new token, bare copy / bare", median_ratio(per_token["copy"], per_token["bare"]), None),
+                Target(f"batch {batch_size}: A/A end to end, bare copy / bare", median_ratio(timings["copy_n"], timings["bare_n"]), None),
+            ]
     print(format_table(["model", "batch", "prompt tokens", "prefill+1 token ms", "ms per new token", f"end to end ({args.new_tokens} tokens) ms"], rows))
     print()
     print_targets(targets)
