@@ -12,6 +12,7 @@ model's forward only ever sees the integer / float tensors produced here.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,8 +61,9 @@ _MOTIF_COUNT_BLOCKS = (("C", 11), ("O", 6), ("N", 6), ("P", 6), ("S", 6))
 _MOTIF_BOND_BLOCKS = ((Chem.BondType.SINGLE, 11), (Chem.BondType.DOUBLE, 8), (Chem.BondType.TRIPLE, 8), (Chem.BondType.AROMATIC, 8))
 _HALOGENS = frozenset({9, 17, 35, 53})
 _COUNTED_ELEMENTS = {6: "C", 8: "O", 7: "N", 15: "P", 16: "S"}
-# Atoms that start a functional group: heteroatoms, atoms of double/triple bonds, acetal-like carbons.
-_MARKER_PATTERNS = tuple(Chem.MolFromSmarts(smarts) for smarts in ("[!#6]", "*=,#*", "[CX4]([O,N,S])[O,N,S]"))
+# Atoms that start a functional group: heteroatoms, atoms of double/triple bonds, acetal-like carbons. This is the
+# definition; `marked_atoms` computes the same atoms from atom and bond properties (tests check they agree).
+MARKER_SMARTS = ("[!#6]", "*=,#*", "[CX4]([O,N,S])[O,N,S]")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     text = smiles.strip()
     if not text:
         raise ValueError(f"empty SMILES {smiles!r}: a molecule needs at least one atom")
-    if any(character.isspace() for character in text):
+    if len(text.split(maxsplit=1)) > 1:
         raise ValueError(f"invalid SMILES {smiles!r}: it contains whitespace")
     with rdBase.BlockLogs():  # RDKit reports problems on the C++ stderr stream; we raise them instead
         mol = Chem.MolFromSmiles(text)
@@ -119,52 +121,146 @@ def prompt_smiles(mol: Chem.Mol, isomeric: bool = False, max_length: int | None 
     return text if max_length is None else text[:max_length]
 
 
+def _enum_table(enum_type, index: dict, default: int) -> np.ndarray:
+    """Array mapping every integer value of an RDKit enum to its position in `index` (`default` if absent), so
+    a whole column of enum values is translated with one NumPy indexing instead of a dict lookup per atom."""
+    table = np.full(max(enum_type.values) + 1, default, dtype=np.int64)
+    for value, position in index.items():
+        table[int(value)] = position
+    return table
+
+
+_CHIRALITY_TABLE = _enum_table(Chem.ChiralType, _CHIRALITY_INDEX, 4)
+_HYBRIDIZATION_TABLE = _enum_table(Chem.HybridizationType, _HYBRIDIZATION_INDEX, 5)
+_BOND_TYPE_TABLE = _enum_table(Chem.BondType, _BOND_TYPE_INDEX, 4)  # also the motif bond-count column (0-3)
+_BOND_STEREO_TABLE = _enum_table(Chem.BondStereo, _BOND_STEREO_INDEX, 5)
+_SINGLE, _DOUBLE, _TRIPLE, _AROMATIC = (int(getattr(Chem.BondType, name)) for name in ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC"))
+
+# Motif element column of each atomic number: 0-4 the counted elements in descriptor order, 5 halogen, 6 other.
+_MOTIF_ELEMENT_COLUMN = np.full(256, 6, dtype=np.int64)
+_ELEMENT_NUMBERS = {symbol: number for number, symbol in _COUNTED_ELEMENTS.items()}
+for _column, (_symbol, _) in enumerate(_MOTIF_COUNT_BLOCKS):
+    _MOTIF_ELEMENT_COLUMN[_ELEMENT_NUMBERS[_symbol]] = _column
+_MOTIF_ELEMENT_COLUMN[sorted(_HALOGENS)] = 5
+# Descriptor layout: 5 element blocks, the halogen and other-element flags, 4 bond blocks, the ring flag.
+_MOTIF_HALOGEN_COLUMN = sum(buckets for _, buckets in _MOTIF_COUNT_BLOCKS)
+_MOTIF_FLAG_COLUMNS = [_MOTIF_HALOGEN_COLUMN, _MOTIF_HALOGEN_COLUMN + 1, MOTIF_FEATURE_SIZE - 1]  # halogen, other, ring
+_MOTIF_BLOCK_BUCKETS = np.array([buckets for _, buckets in _MOTIF_COUNT_BLOCKS + _MOTIF_BOND_BLOCKS])
+_MOTIF_BLOCK_STARTS = np.concatenate(
+    (
+        np.cumsum([0] + [buckets for _, buckets in _MOTIF_COUNT_BLOCKS[:-1]]),
+        _MOTIF_HALOGEN_COLUMN + 2 + np.cumsum([0] + [buckets for _, buckets in _MOTIF_BOND_BLOCKS[:-1]]),
+    )
+)
+
+_ATOM_GETTERS = (
+    Chem.Atom.GetAtomicNum,
+    Chem.Atom.GetChiralTag,
+    Chem.Atom.GetFormalCharge,
+    Chem.Atom.GetTotalNumHs,
+    Chem.Atom.GetNumRadicalElectrons,
+    Chem.Atom.GetHybridization,
+    Chem.Atom.GetIsAromatic,
+)
+_BOND_GETTERS = (
+    Chem.Bond.GetBeginAtomIdx,
+    Chem.Bond.GetEndAtomIdx,
+    Chem.Bond.GetBondType,
+    Chem.Bond.GetStereo,
+    Chem.Bond.GetIsConjugated,
+    Chem.Bond.IsInRing,
+)
+
+
+@dataclass(frozen=True)
+class MoleculeTables:
+    """Everything the featurization reads from RDKit about one molecule: one row per property, one column per atom
+    (`atoms`, int64 [7, N]) or bond (`bonds`, int64 [6, B]), plus the rings.
+
+    Each RDKit accessor is a Python -> C++ call (0.3-0.9 us) and each Atom / Bond wrapper costs about 1.5 us to
+    create, so every atom and bond is visited exactly once, here; the OGB features, the functional-group markers
+    and the motif descriptors are then computed from these tables without going back to RDKit.
+    """
+
+    atoms: np.ndarray  # rows: atomic number, ChiralType, formal charge, #H (implicit + explicit), radicals,
+    # HybridizationType, aromatic
+    bonds: np.ndarray  # rows: begin atom, end atom, BondType, BondStereo, conjugated, in ring
+    degrees: np.ndarray  # [N] total degree: bonded atoms + hydrogens (RDKit's GetTotalDegree)
+    atom_in_ring: np.ndarray  # [N] bool
+    rings: tuple[tuple[int, ...], ...]  # symmetrized SSSR (= Chem.GetSymmSSSR), atom indices in ring order
+
+
+def _atom_rings(mol: Chem.Mol) -> tuple[tuple[int, ...], ...]:
+    """Rings of the symmetrized SSSR. Sanitization already stores exactly these in the molecule's ring info
+    (`tests/test_featurization.py` checks it against `Chem.GetSymmSSSR`), so they are read, not recomputed."""
+    ring_info = mol.GetRingInfo()
+    try:
+        with rdBase.BlockLogs():
+            ring_info.NumRings()  # raises if the ring info was never computed (an unsanitized molecule)
+    except RuntimeError:
+        Chem.GetSymmSSSR(mol)  # computes and stores it
+    return ring_info.AtomRings()
+
+
+def read_molecule(mol: Chem.Mol) -> MoleculeTables:
+    """Read every atom and bond property the featurization needs in one pass (see `MoleculeTables`)."""
+    num_atoms, num_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
+    # indexing, not `mol.GetAtoms()`, whose Python-level iterator costs about as much again as the wrappers
+    atoms = list(map(mol.GetAtomWithIdx, range(num_atoms)))
+    bonds = list(map(mol.GetBondWithIdx, range(num_bonds)))
+    atom_table = np.array([list(map(getter, atoms)) for getter in _ATOM_GETTERS], dtype=np.int64)
+    bond_table = np.array([list(map(getter, bonds)) for getter in _BOND_GETTERS], dtype=np.int64)
+    atom_table = atom_table.reshape(len(_ATOM_GETTERS), num_atoms)
+    bond_table = bond_table.reshape(len(_BOND_GETTERS), num_bonds)
+    rings = _atom_rings(mol)
+    atom_in_ring = np.zeros(num_atoms, dtype=bool)
+    atom_in_ring[[atom for ring in rings for atom in ring]] = True
+    # RDKit's total degree is the atom's number of bonds plus its hydrogen count
+    degrees = np.bincount(bond_table[:2].ravel(), minlength=num_atoms) + atom_table[3]
+    return MoleculeTables(atoms=atom_table, bonds=bond_table, degrees=degrees, atom_in_ring=atom_in_ring, rings=rings)
+
+
+def _atom_feature_matrix(tables: MoleculeTables) -> np.ndarray:
+    numbers, chiral_tags, charges, num_hs, radicals, hybridizations, aromatic = tables.atoms
+    features = np.empty((len(numbers), len(ATOM_FEATURE_VOCAB_SIZES)), dtype=np.int64)
+    features[:, 0] = np.where((numbers >= 1) & (numbers <= 118), numbers - 1, 118)
+    features[:, 1] = _CHIRALITY_TABLE[chiral_tags]
+    features[:, 2] = np.minimum(tables.degrees, 11)  # 0-10, then "misc"
+    features[:, 3] = np.where((charges >= -5) & (charges <= 5), charges + 5, 11)
+    features[:, 4] = np.minimum(num_hs, 9)  # 0-8, then "misc"
+    features[:, 5] = np.minimum(radicals, 5)  # 0-4, then "misc"
+    features[:, 6] = _HYBRIDIZATION_TABLE[hybridizations]
+    features[:, 7] = aromatic
+    features[:, 8] = tables.atom_in_ring
+    return features
+
+
+def _bond_graph_arrays(tables: MoleculeTables) -> tuple[np.ndarray, np.ndarray]:
+    begin, end, bond_types, stereo, conjugated, _ = tables.bonds
+    num_edges = 2 * len(begin)
+    edge_index = np.empty((2, num_edges), dtype=np.int64)
+    edge_index[0, 0::2] = edge_index[1, 1::2] = begin
+    edge_index[1, 0::2] = edge_index[0, 1::2] = end
+    edge_features = np.empty((num_edges, len(BOND_FEATURE_VOCAB_SIZES)), dtype=np.int64)
+    edge_features[0::2, 0] = edge_features[1::2, 0] = _BOND_TYPE_TABLE[bond_types]
+    edge_features[0::2, 1] = edge_features[1::2, 1] = _BOND_STEREO_TABLE[stereo]
+    edge_features[0::2, 2] = edge_features[1::2, 2] = conjugated
+    return edge_index, edge_features
+
+
 def atom_features(mol: Chem.Mol) -> np.ndarray:
     """[num_atoms, 9] OGB atom features: atomic number, chirality, degree, formal charge, #H, radicals,
     hybridization, aromaticity, ring membership (each value outside OGB's list goes to its last bucket)."""
-    rows = []
-    for atom in mol.GetAtoms():
-        atomic_num = atom.GetAtomicNum()
-        degree = atom.GetTotalDegree()
-        charge = atom.GetFormalCharge()
-        num_hs = atom.GetTotalNumHs()
-        radicals = atom.GetNumRadicalElectrons()
-        rows.append(
-            (
-                atomic_num - 1 if 1 <= atomic_num <= 118 else 118,
-                _CHIRALITY_INDEX.get(atom.GetChiralTag(), 4),
-                degree if degree <= 10 else 11,
-                charge + 5 if -5 <= charge <= 5 else 11,
-                num_hs if num_hs <= 8 else 9,
-                radicals if radicals <= 4 else 5,
-                _HYBRIDIZATION_INDEX.get(atom.GetHybridization(), 5),
-                int(atom.GetIsAromatic()),
-                int(atom.IsInRing()),
-            )
-        )
-    return np.asarray(rows, dtype=np.int64).reshape(-1, len(ATOM_FEATURE_VOCAB_SIZES))
+    return _atom_feature_matrix(read_molecule(mol))
 
 
 def bond_graph(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
     """Edge index [2, 2B] and OGB bond features [2B, 3] (type, stereo, conjugation), each bond i->j then j->i."""
-    pairs, features = [], []
-    for bond in mol.GetBonds():
-        begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        feature = (
-            _BOND_TYPE_INDEX.get(bond.GetBondType(), 4),
-            _BOND_STEREO_INDEX.get(bond.GetStereo(), 5),
-            int(bond.GetIsConjugated()),
-        )
-        pairs += ((begin, end), (end, begin))
-        features += (feature, feature)
-    edge_index = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T.copy()
-    edge_features = np.asarray(features, dtype=np.int64).reshape(-1, len(BOND_FEATURE_VOCAB_SIZES))
-    return edge_index, edge_features
+    return _bond_graph_arrays(read_molecule(mol))
 
 
-def merged_rings(mol: Chem.Mol) -> list[set[int]]:
-    """Symmetrized SSSR rings, where rings sharing more than two atoms (bridged systems) are merged into one."""
-    rings = [set(ring) for ring in Chem.GetSymmSSSR(mol)]
+def _merge_rings(atom_rings: Sequence[Sequence[int]]) -> list[set[int]]:
+    rings = [set(ring) for ring in atom_rings]
     changed = True
     while changed:
         changed = False
@@ -177,24 +273,48 @@ def merged_rings(mol: Chem.Mol) -> list[set[int]]:
     return [ring for ring in rings if ring]
 
 
-def functional_groups(mol: Chem.Mol) -> list[tuple[int, ...]]:
-    """LLaMo's (ReLMole's) functional groups, as sorted atom-index tuples.
+def merged_rings(mol: Chem.Mol) -> list[set[int]]:
+    """Symmetrized SSSR rings, where rings sharing more than two atoms (bridged systems) are merged into one."""
+    return _merge_rings(_atom_rings(mol))
 
-    Marked atoms (heteroatoms, atoms of double/triple bonds, acetal carbons) joined by non-ring bonds form one
-    group, together with the unmarked atoms bonded to them outside rings (their environment). Every other
-    non-ring bond between two unmarked atoms is a 2-atom group. Single-atom groups inside a ring are dropped
-    (the ring covers them), and each ring system (see `merged_rings`) is a group of its own, listed last.
 
-    The released code merges groups while walking the bond list, and in rare bond orders it can leave one
-    connected set of marked atoms split in two; bonds of a parsed SMILES never come in such an order, and the
-    connected-components reading implemented here gives the same groups for them.
-    """
-    marked: set[int] = set()
-    for pattern in _MARKER_PATTERNS:
-        for match in mol.GetSubstructMatches(pattern):
-            marked.update(match)
+def _marker_list(tables: MoleculeTables) -> list[bool]:
+    # Plain Python: a few dozen atoms and bonds are cheaper to loop over than to push through a dozen NumPy calls.
+    numbers, aromatic = tables.atoms[0].tolist(), tables.atoms[6].tolist()
+    begin, end, bond_types = tables.bonds[:3].tolist()
+    marked = [number != 6 for number in numbers]  # [!#6]
+    for first, second, bond_type in zip(begin, end, bond_types):
+        if bond_type == _DOUBLE or bond_type == _TRIPLE:  # *=,#*
+            marked[first] = marked[second] = True
+    # [CX4]([O,N,S])[O,N,S]: an aliphatic carbon of total degree 4 with two aliphatic O / N / S neighbours joined by
+    # SMARTS' default bond (single or aromatic)
+    carbons = {
+        atom: 0
+        for atom, (number, is_aromatic, degree) in enumerate(zip(numbers, aromatic, tables.degrees.tolist()))
+        if number == 6 and not is_aromatic and degree == 4
+    }
+    if carbons:
+        for first, second, bond_type in zip(begin, end, bond_types):
+            if bond_type == _SINGLE or bond_type == _AROMATIC:
+                for carbon, neighbour in ((first, second), (second, first)):
+                    if carbon in carbons and numbers[neighbour] in (7, 8, 16) and not aromatic[neighbour]:
+                        carbons[carbon] += 1
+        for carbon, count in carbons.items():
+            if count >= 2:
+                marked[carbon] = True
+    return marked
 
-    parent = {atom: atom for atom in marked}
+
+def marked_atoms(mol: Chem.Mol) -> np.ndarray:
+    """[num_atoms] bool: the atoms that start a functional group, i.e. the atoms matched by any of the
+    `MARKER_SMARTS` (heteroatoms, atoms of double / triple bonds, acetal-like carbons), computed from the atom and
+    bond properties instead of three substructure searches."""
+    return np.array(_marker_list(read_molecule(mol)), dtype=bool).reshape(-1)
+
+
+def _functional_groups(tables: MoleculeTables) -> list[tuple[int, ...]]:
+    marked = _marker_list(tables)
+    parent = list(range(len(marked)))
 
     def root(atom: int) -> int:
         while parent[atom] != atom:
@@ -204,80 +324,130 @@ def functional_groups(mol: Chem.Mol) -> list[tuple[int, ...]]:
 
     environment: list[tuple[int, int]] = []  # (marked atom, unmarked neighbour)
     carbon_pairs: list[tuple[int, ...]] = []
-    for bond in mol.GetBonds():
-        if bond.IsInRing():
+    begin, end, in_ring = tables.bonds[0].tolist(), tables.bonds[1].tolist(), tables.bonds[5].tolist()
+    for first, second, bond_in_ring in zip(begin, end, in_ring):
+        if bond_in_ring:
             continue
-        begin, end = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-        if begin in marked and end in marked:
-            parent[root(begin)] = root(end)
-        elif begin in marked:
-            environment.append((begin, end))
-        elif end in marked:
-            environment.append((end, begin))
+        if marked[first] and marked[second]:
+            parent[root(first)] = root(second)
+        elif marked[first]:
+            environment.append((first, second))
+        elif marked[second]:
+            environment.append((second, first))
         else:
-            carbon_pairs.append(tuple(sorted((begin, end))))
+            carbon_pairs.append((first, second) if first < second else (second, first))
 
     members: dict[int, set[int]] = {}
-    for atom in sorted(marked):
-        members.setdefault(root(atom), set()).add(atom)
+    for atom, is_marked in enumerate(marked):
+        if is_marked:
+            members.setdefault(root(atom), set()).add(atom)
     for atom, neighbour in environment:
         members[root(atom)].add(neighbour)
 
+    atom_in_ring = tables.atom_in_ring
     groups = [tuple(sorted(group)) for group in members.values()] + carbon_pairs
-    groups = [group for group in groups if len(group) > 1 or not mol.GetAtomWithIdx(group[0]).IsInRing()]
-    return groups + [tuple(sorted(ring)) for ring in merged_rings(mol)]
+    groups = [group for group in groups if len(group) > 1 or not atom_in_ring[group[0]]]
+    return groups + [tuple(sorted(ring)) for ring in _merge_rings(tables.rings)]
+
+
+def functional_groups(mol: Chem.Mol) -> list[tuple[int, ...]]:
+    """LLaMo's (ReLMole's) functional groups, as sorted atom-index tuples.
+
+    Marked atoms (heteroatoms, atoms of double/triple bonds, acetal carbons; see `marked_atoms`) joined by non-ring
+    bonds form one group, together with the unmarked atoms bonded to them outside rings (their environment). Every
+    other non-ring bond between two unmarked atoms is a 2-atom group. Single-atom groups inside a ring are dropped
+    (the ring covers them), and each ring system (see `merged_rings`) is a group of its own, listed last.
+
+    The released code merges groups while walking the bond list, and in rare bond orders it can leave one
+    connected set of marked atoms split in two; bonds of a parsed SMILES never come in such an order, and the
+    connected-components reading implemented here gives the same groups for them.
+    """
+    return _functional_groups(read_molecule(mol))
+
+
+def _motif_matrix(tables: MoleculeTables, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    features = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.float32)
+    if not len(groups):
+        return features
+    element_columns = _MOTIF_ELEMENT_COLUMN[np.minimum(tables.atoms[0], 255)].tolist()
+    begin, end, bond_types, _, _, in_ring = tables.bonds.tolist()
+    bond_columns = _BOND_TYPE_TABLE[tables.bonds[2]].tolist()  # 0-3 single / double / triple / aromatic, 4 other
+    neighbours: list[list[tuple[int, int]]] = [[] for _ in element_columns]
+    for bond, (first, second) in enumerate(zip(begin, end)):
+        neighbours[first].append((second, bond))
+        neighbours[second].append((first, bond))
+
+    counts, flags = [], []
+    for group in groups:
+        atoms = set(group)
+        elements, bonds, ring = [0] * 7, [0] * 5, False
+        for atom in atoms:
+            elements[element_columns[atom]] += 1
+            for neighbour, bond in neighbours[atom]:
+                if neighbour > atom and neighbour in atoms:  # a bond of the group (both atoms in it), counted once
+                    bonds[bond_columns[bond]] += 1
+                    ring = ring or bool(in_ring[bond])
+        counts.append(elements[:5] + bonds[:4])
+        flags.append((elements[5] > 0, elements[6] > 0, ring))
+    columns = _MOTIF_BLOCK_STARTS + np.minimum(counts, _MOTIF_BLOCK_BUCKETS - 1)
+    features[np.arange(len(groups))[:, None], columns] = 1.0
+    features[:, _MOTIF_FLAG_COLUMNS] = flags
+    return features
 
 
 def motif_descriptors(mol: Chem.Mol, groups: Sequence[Sequence[int]]) -> np.ndarray:
     """[num_groups, 73] float32 one-hot descriptors: counts of C, O, N, P, S atoms, halogen / other-element flags,
     counts of single, double, triple and aromatic bonds inside the group, and whether any of them is a ring bond."""
-    features = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.float32)
-    atomic_numbers = [atom.GetAtomicNum() for atom in mol.GetAtoms()]
-    bonds = [(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), bond.GetBondType(), bond.IsInRing()) for bond in mol.GetBonds()]
-    for row, group in enumerate(groups):
-        atoms = set(group)
-        element_counts = dict.fromkeys(("C", "O", "N", "P", "S"), 0)
-        has_halogen = has_other = False
-        for atom in atoms:
-            number = atomic_numbers[atom]
-            if number in _COUNTED_ELEMENTS:
-                element_counts[_COUNTED_ELEMENTS[number]] += 1
-            elif number in _HALOGENS:
-                has_halogen = True
-            else:
-                has_other = True
-        bond_counts: dict[Chem.BondType, int] = {}
-        in_ring = False
-        for begin, end, bond_type, bond_in_ring in bonds:
-            if begin in atoms and end in atoms:
-                bond_counts[bond_type] = bond_counts.get(bond_type, 0) + 1
-                in_ring |= bond_in_ring
-
-        offset = 0
-        for element, buckets in _MOTIF_COUNT_BLOCKS:
-            features[row, offset + min(element_counts[element], buckets - 1)] = 1.0
-            offset += buckets
-        features[row, offset] = float(has_halogen)
-        features[row, offset + 1] = float(has_other)
-        offset += 2
-        for bond_type, buckets in _MOTIF_BOND_BLOCKS:
-            features[row, offset + min(bond_counts.get(bond_type, 0), buckets - 1)] = 1.0
-            offset += buckets
-        features[row, offset] = float(in_ring)
-    return features
+    return _motif_matrix(read_molecule(mol), groups)
 
 
 def featurize_molecule(mol: Chem.Mol) -> MoleculeGraph:
-    """OGB graph and motif descriptors of one sanitized RDKit molecule."""
-    edge_index, edge_features = bond_graph(mol)
-    groups = functional_groups(mol)
+    """OGB graph and motif descriptors of one sanitized RDKit molecule (RDKit is read once, see `read_molecule`)."""
+    tables = read_molecule(mol)
+    edge_index, edge_features = _bond_graph_arrays(tables)
+    groups = _functional_groups(tables)
     return MoleculeGraph(
-        node_features=atom_features(mol),
+        node_features=_atom_feature_matrix(tables),
         edge_index=edge_index,
         edge_features=edge_features,
-        motif_features=motif_descriptors(mol, groups),
+        motif_features=_motif_matrix(tables, groups),
         motif_atoms=tuple(groups),
     )
+
+
+# Molecules featurized by `featurize_smiles` that are kept for reuse (about 10 kB each for ChEBI-sized molecules).
+FEATURIZE_CACHE_SIZE = 4096
+
+
+def featurize_smiles(
+    smiles: str, with_graph: bool = True, isomeric: bool = False, max_length: int | None = 128
+) -> tuple[MoleculeGraph | None, str]:
+    """Parse one SMILES and return its graph (None when `with_graph` is False) and its prompt SMILES (see
+    `prompt_smiles`), as `LlamoProcessor` needs them. Raises `ValueError` for an invalid or empty SMILES.
+
+    Results are memoized in a bounded LRU cache (`FEATURIZE_CACHE_SIZE` molecules): training sees the same molecules
+    every epoch and instruction data asks several questions about one molecule. The cached arrays are shared, so they
+    are read-only; `featurize_smiles.cache_clear()` empties the cache.
+    """
+    if not isinstance(smiles, str):
+        parse_smiles(smiles)  # raises the usual ValueError (and keeps unhashable input out of the cache)
+    return _featurize_smiles_cached(smiles, with_graph, isomeric, max_length)
+
+
+@functools.lru_cache(maxsize=FEATURIZE_CACHE_SIZE)
+def _featurize_smiles_cached(
+    smiles: str, with_graph: bool, isomeric: bool, max_length: int | None
+) -> tuple[MoleculeGraph | None, str]:
+    mol = parse_smiles(smiles)
+    graph = featurize_molecule(mol) if with_graph else None
+    if graph is not None:
+        for array in (graph.node_features, graph.edge_index, graph.edge_features, graph.motif_features):
+            array.flags.writeable = False
+    return graph, prompt_smiles(mol, isomeric=isomeric, max_length=max_length)
+
+
+featurize_smiles.cache_clear = _featurize_smiles_cached.cache_clear
+featurize_smiles.cache_info = _featurize_smiles_cached.cache_info
 
 
 def collate_molecule_graphs(graphs: Sequence[MoleculeGraph]) -> dict[str, torch.Tensor]:

@@ -10,10 +10,10 @@ from transformers.utils import logging
 
 try:  # loaded as remote code (a package next to the weights)
     from .configuration_llamo import GRAPH_INPUT_NAMES
-    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_molecule, parse_smiles, prompt_smiles
+    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles
 except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import GRAPH_INPUT_NAMES
-    from featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_molecule, parse_smiles, prompt_smiles
+    from featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles
 
 
 logger = logging.get_logger(__name__)
@@ -105,10 +105,10 @@ class LlamoProcessor(ProcessorMixin):
 
     def featurize(self, smiles: str) -> tuple[MoleculeGraph | None, str]:
         """Parse one SMILES: its graph (None for a text-only model) and the SMILES text shown in the prompt.
-        Raises `ValueError` for invalid or empty SMILES."""
-        mol = parse_smiles(smiles)
-        graph = featurize_molecule(mol) if self.num_graph_tokens != 0 else None
-        return graph, prompt_smiles(mol, isomeric=self.isomeric_smiles, max_length=self.smiles_max_length)
+        Raises `ValueError` for invalid or empty SMILES. Results are cached (bounded LRU, read-only arrays)."""
+        return featurize_smiles(
+            smiles, with_graph=self.num_graph_tokens != 0, isomeric=self.isomeric_smiles, max_length=self.smiles_max_length
+        )
 
     def molecule_prompt(self, graph: MoleculeGraph | None, shown_smiles: str) -> str:
         """What one `<graph>` placeholder becomes: SMILES text, then one slot token per graph token."""
