@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 import time
@@ -57,8 +58,12 @@ def make_data(data_dir: pathlib.Path, molecules: int, seed: int) -> dict[str, st
     return {name: str(path) for name, path in files.items()}
 
 
-def shipped_molecules(count: int) -> list[str]:
-    return (read_smiles_column(ROOT / "data" / "chebi20_smiles.tsv") + read_smiles_column(ROOT / "data" / "pubchem_iupac_train.tsv"))[:count]
+def shipped_molecules(count: int, max_heavy_atoms: int = 20) -> list[str]:
+    """Small molecules from the shipped ChEBI-20, PubChem and QM9 SMILES: short prompts, so a CPU step is cheap."""
+    smiles = []
+    for name in ("chebi20_smiles.tsv", "pubchem_iupac_train.tsv", "qm9_homo_lumo_gap.tsv"):
+        smiles += [s for s in read_smiles_column(ROOT / "data" / name) if parse_smiles(s).GetNumHeavyAtoms() <= max_heavy_atoms]
+    return random.Random(0).sample(smiles, min(count, len(smiles)))
 
 
 def stage2_sources(files: dict[str, str]) -> list[str]:
