@@ -267,13 +267,15 @@ def evaluate_baseline(
     examples: Sequence[Example],
     output_dir: pathlib.Path | None = None,
     task_metrics: dict[str, str] | None = None,
+    tokenizer=None,
 ) -> dict:
-    """Fit a baseline (`baselines_llamo`) on training examples, answer, and score exactly like a model."""
+    """Fit a baseline (`baselines_llamo`) on training examples, answer, and score exactly like a model (`tokenizer`:
+    also score text on these tokenizer pieces, e.g. those of the models it is compared with)."""
     started = time.time()
     baseline.fit(train_examples)
     predictions, extras = baseline.predict(examples)
     return finish(
-        baseline.name, examples, predictions, output_dir, extras=extras, task_metrics=task_metrics, kind="baseline",
+        baseline.name, examples, predictions, output_dir, tokenizer=tokenizer, extras=extras, task_metrics=task_metrics, kind="baseline",
         train_examples=len(train_examples), fit_predict_seconds=round(time.time() - started, 2), **baseline.report(),
     )  # fmt: skip
 
