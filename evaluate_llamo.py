@@ -275,8 +275,9 @@ def evaluate_baseline(
     baseline.fit(train_examples)
     predictions, extras = baseline.predict(examples)
     return finish(
-        baseline.name, examples, predictions, output_dir, tokenizer=tokenizer, extras=extras, task_metrics=task_metrics, kind="baseline",
-        train_examples=len(train_examples), fit_predict_seconds=round(time.time() - started, 2), **baseline.report(),
+        baseline.name, examples, predictions, output_dir, tokenizer=tokenizer, extras=extras, task_metrics=task_metrics,
+        kind="baseline", train_examples=len(train_examples), fit_predict_seconds=round(time.time() - started, 2),
+        **baseline.report(),
     )  # fmt: skip
 
 

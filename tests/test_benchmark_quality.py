@@ -77,6 +77,9 @@ def benchmark_dir(tmp_path) -> pathlib.Path:
     for (model, task), content in results.items():
         (root / "eval" / model / task).mkdir(parents=True)
         (root / "eval" / model / task / "results.json").write_text(json.dumps(content))
+    answers = ["0.1000", "0.1000", "0.2000", "0.3000"]  # 3 different answers of 4
+    rows = [json.dumps({"prediction": answer}) for answer in answers]
+    (root / "eval" / "morgan_nn" / "property" / "predictions.jsonl").write_text("\n".join(rows) + "\n")
     training = {}
     for seed in (0, 1):
         name = f"multilevel-seed{seed}"
@@ -85,7 +88,8 @@ def benchmark_dir(tmp_path) -> pathlib.Path:
             history = [{"step": 10, "loss": 3.0 - seed}, {"step": 20, "loss": 2.0 - seed}, {"train_runtime": 5.0, "step": 20}]
             (root / "models" / folder).mkdir(parents=True)
             (root / "models" / folder / "training_summary.json").write_text(json.dumps({"log_history": history}))
-            training[name][stage] = {"steps": 20, "seconds": 10.0 + seed, "train_examples": 160, "train_loss": 2.5, "output_dir": folder}
+            summary = {"steps": 20, "seconds": 10.0 + seed, "train_examples": 160, "train_loss": 2.5, "output_dir": folder}
+            training[name][stage] = summary
     settings = {"stage0_steps": 300, "stage1_steps": 20, "stage2_steps": 20, "batch_size": 8, "max_length": 512,
                 "stage1_lr": 1e-3, "stage2_lr": 2e-3, "seeds": [0, 1]}  # fmt: skip
     run = {
@@ -110,7 +114,8 @@ def test_report_aggregates_seeds_and_counts_runs_without_a_value(benchmark_dir):
     text = write_report(report, benchmark_dir / "report", benchmark_dir)
     assert "| baseline: Morgan-fingerprint nearest neighbour | 1 | – | 30.0 | 50.0 |" in text
     assert "| tiny LLaMo, multi-level + motifs (`multilevel`, LLaMo) | 2 | – | 15.0 ± 7.1 | 42.0 ± 2.8 |" in text
-    assert "| 0.0500 (n/a in 1 of 2 runs) | 75.0 ± 35.4 |" in text  # unparsable: (100 + 50) / 2 %, SD sqrt(2 * 25^2) %
+    assert "| 0.0500 (n/a in 1 of 2 runs) | 75.0 ± 35.4 | – |" in text  # unparsable: (100 + 50) / 2 %, SD sqrt(2 * 25^2) %
+    assert "baseline: Morgan-fingerprint nearest neighbour | 1 | 0.0200 | 0.0 | 75.0 |" in text  # distinct answers: 3 / 4
     assert "stage2: 2 runs of 20 steps, 10 s each" in text  # (10 + 11) / 2 = 10.5 s, rounded half to even
     for name in ("metrics.png", "loss_curves.png"):
         assert (benchmark_dir / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,11 +41,12 @@ COLUMNS = {
     "iupac": [("exact_match", "exact match %", 100, 1), ("bleu2_word", "BLEU-2", 1, 1), *TEXT_COLUMNS],
     "property": [
         ("mae", "MAE (parsed answers)", 1, 4), ("unparsable_share", "unparsable %", 100, 1),
+        ("distinct_answers", "distinct answers %", 100, 1),
         ("mae_homo", "MAE HOMO", 1, 4), ("mae_lumo", "MAE LUMO", 1, 4), ("mae_gap", "MAE gap", 1, 4),
     ],
 }  # fmt: skip
 PLOTTED = [("caption", "bleu4_word"), ("caption", "meteor_word"), ("iupac", "exact_match"), ("iupac", "meteor_word"),
-           ("property", "mae"), ("property", "unparsable_share")]  # fmt: skip
+           ("property", "mae"), ("property", "distinct_answers")]  # fmt: skip
 MARKERS = ("<!-- benchmark-results:start -->", "<!-- benchmark-results:end -->")
 SEED = re.compile(r"^(?P<variant>.+)-seed(?P<seed>\d+)$")
 
@@ -57,6 +58,12 @@ def flat_metrics(task_results: dict) -> dict[str, float | None]:
         flat[f"mae_{prop}"] = values["mae"]
         flat[f"unparsable_{prop}"] = values["unparsable"]
     return flat
+
+
+def distinct_share(predictions: pathlib.Path) -> float:
+    """Share of different answers: near 0 when a model says the same thing to every question (e.g. a mean value)."""
+    answers = [json.loads(line)["prediction"] for line in predictions.read_text().splitlines()]
+    return len(set(answers)) / len(answers)
 
 
 def group_of(name: str) -> tuple[str, int | None]:
@@ -79,7 +86,11 @@ def build_report(benchmark_dir: pathlib.Path) -> dict:
     run = json.loads((benchmark_dir / "run.json").read_text())
     per_model = defaultdict(dict)
     for path in sorted((benchmark_dir / "eval").glob("*/*/results.json")):
-        per_model[path.parent.parent.name][path.parent.name] = json.loads(path.read_text())
+        results = json.loads(path.read_text())
+        task = path.parent.name
+        if (path.parent / "predictions.jsonl").is_file():
+            results["tasks"][task]["distinct_answers"] = distinct_share(path.parent / "predictions.jsonl")
+        per_model[path.parent.parent.name][task] = results
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for name, tasks in per_model.items():
         group, _ = group_of(name)
