@@ -1,30 +1,49 @@
-"""Evaluate a LLaMo model folder (or Hub id) by generation: answers to held-out conversations, scored against
-their references.
+"""Evaluate a LLaMo model folder (or Hub id), or a baseline, by its answers to held-out questions.
 
-    python evaluate_llamo.py --model outputs/llamo-tiny --datasets outputs/data/facts.jsonl --eval_fraction 0.1 \\
-        --output_dir outputs/eval
+    # a model: batched greedy generation (beam search with --num_beams)
+    python evaluate_llamo.py --model outputs/llamo-tiny --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/llamo
 
-writes `predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json`.
+    # a baseline through the same scoring: Morgan-fingerprint nearest neighbour over training data
+    python evaluate_llamo.py --baseline morgan_nn --train_datasets caption:chebi20_train.tsv \\
+        --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/retrieval
+
+Data are read with the training loaders (`llamo_data`, same `[format:]path` syntax as `train_sft.py`). Writes
+`predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json` (metrics per task, rows
+skipped, settings, timings). Metrics per task family (`metrics_llamo.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
+IUPAC names -> exact match + text metrics; properties -> MAE with unparsable answers counted; molecule answers
+-> validity, exact match, fingerprint similarities, Levenshtein; any other task -> exact match.
+Predictions hold the reference answers: keep them out of version control when the data's text may not be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
-import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from llamo_data import DataSource, conversation_with_molecules, load_mixture, split_by_molecule
+from llamo_data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
+from metrics_llamo import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
 
 
-NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+# Which metrics each task gets; `--task_metrics task=family` adds or overrides entries.
+TASK_FAMILIES = {
+    "caption": "text", "description": "text", "iupac": "name", "property": "property",
+    "forward_reaction": "molecule", "retrosynthesis": "molecule", "reagent_prediction": "molecule",
+    "molecule_generation": "molecule",
+}  # fmt: skip
+PROPERTY_BY_QUESTION = {question: name for name, question in PROPERTY_INSTRUCTIONS.items()}
+TOKENIZATION_NOTE = (
+    "word: lower-cased NLTK wordpunct_tokenize (model-independent); llm: the model's own tokenizer pieces "
+    "(at most 512, as the original LLaMo evaluation); ROUGE: rouge_score's tokenizer, no stemming"
+)
 
 
 @dataclass
@@ -37,6 +56,10 @@ class Example:
     messages: list[dict]
     reference: str
 
+    @property
+    def question(self) -> str:
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
 
 def examples_from_conversations(conversations) -> list[Example]:
     """Split each conversation before its last assistant turn: everything before is the prompt."""
@@ -48,9 +71,37 @@ def examples_from_conversations(conversations) -> list[Example]:
     return examples
 
 
+def load_examples(
+    specs: Sequence[str], eval_fraction: float | None = None, max_examples: int | None = None, seed: int = 0
+) -> tuple[list[Example], dict]:
+    """Examples from `[format:]path` specs through the training loaders, and the rows those skipped (counted)."""
+    conversations, skipped = load_mixture([DataSource.parse(spec) for spec in specs], seed=seed)
+    if eval_fraction is not None:
+        _, conversations = split_by_molecule(conversations, eval_fraction)
+    if max_examples is not None:
+        conversations = conversations.select(range(min(max_examples, len(conversations))))
+    return examples_from_conversations(conversations), skipped.to_dict()
+
+
+def question_kind(example: Example) -> str:
+    """The task, refined by the property asked for (`property/homo`): what a baseline may answer from."""
+    prop = PROPERTY_BY_QUESTION.get(example.question.strip())
+    return f"{example.task}/{prop}" if prop else example.task
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+
+
 @torch.no_grad()
 def generate_answers(
-    model, processor, examples: Sequence[Example], batch_size: int = 16, max_new_tokens: int = 64, num_beams: int = 1
+    model,
+    processor,
+    examples: Sequence[Example],
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    **generate_kwargs,
 ) -> list[str]:
     """Batched generation (left padding, greedy unless `num_beams` > 1) with a progress bar."""
     model.eval()
@@ -62,96 +113,222 @@ def generate_answers(
             chats, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs={"padding": True, "padding_side": "left"},
         ).to(model.device)  # fmt: skip
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, **generate_kwargs)
         prompt_length = inputs["input_ids"].shape[1]
         answers += [processor.decode(row[prompt_length:], skip_special_tokens=True).strip() for row in output]
     return answers
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.split()).rstrip(".").lower()
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
 
 
-def exact_match(prediction: str, reference: str) -> bool:
-    """Equal after collapsing whitespace, ignoring case and a final full stop."""
-    return normalize(prediction) == normalize(reference)
+def task_family(task: str, task_metrics: dict[str, str] | None = None) -> str:
+    """`text`, `name`, `property`, `molecule`, or `exact` (exact match only) for a task name."""
+    family = {**TASK_FAMILIES, **(task_metrics or {})}.get(task, "exact")
+    if family != "exact" and family not in METRIC_FAMILIES:
+        raise ValueError(f"unknown metric family {family!r} for task {task!r}: use one of {['exact', *METRIC_FAMILIES]}")
+    return family
 
 
-def parse_number(text: str) -> float | None:
-    """The first number in the text, or None when there is none."""
-    match = NUMBER.search(text)
-    if match is None:
-        return None
-    value = float(match.group())
-    return value if math.isfinite(value) else None
-
-
-def score(examples: Sequence[Example], predictions: Sequence[str], numeric_tasks: Sequence[str] = ("property",)) -> dict:
-    """Exact match per task; for numeric tasks also the MAE over parsable answers and the share that did not parse."""
+def score(
+    examples: Sequence[Example],
+    predictions: Sequence[str],
+    numeric_tasks: Sequence[str] = ("property",),
+    tokenizer=None,
+    task_metrics: dict[str, str] | None = None,
+) -> dict:
+    """Metrics per task: `n`, `exact_match` for every task, plus those of the task's family (`task_family`).
+    Numeric tasks (`numeric_tasks`, or family `property`) also get MAE and the unparsable count, overall and
+    per property. `tokenizer` adds BLEU/METEOR on the model's own tokens to the word-level ones."""
+    if len(examples) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+    task_metrics = {**{task: "property" for task in numeric_tasks}, **(task_metrics or {})}
     results = {}
     for task in sorted({example.task for example in examples}):
         pairs = [(e, p) for e, p in zip(examples, predictions) if e.task == task]
-        entry = {"n": len(pairs), "exact_match": sum(exact_match(p, e.reference) for e, p in pairs) / len(pairs)}
-        if task in numeric_tasks:
-            errors = []
-            for example, prediction in pairs:
-                value, reference = parse_number(prediction), parse_number(example.reference)
-                if value is not None and reference is not None:
-                    errors.append(abs(value - reference))
-            entry["mae"] = sum(errors) / len(errors) if errors else None
-            entry["unparsable"] = len(pairs) - len(errors)
-            entry["unparsable_share"] = entry["unparsable"] / len(pairs)
+        family = task_family(task, task_metrics)
+        answers, references = [p for _, p in pairs], [e.reference for e, _ in pairs]
+        entry = {"n": len(pairs), "family": family, "exact_match": sum(map(exact_match, answers, references)) / len(pairs)}
+        if family in ("text", "name"):
+            entry.update(METRIC_FAMILIES[family](answers, references, tokenizer))
+        elif family != "exact":
+            entry.update(METRIC_FAMILIES[family](answers, references))
+        if family == "property" and len({question_kind(e) for e, _ in pairs}) > 1:
+            entry["by_property"] = scores_by_property(pairs)
         results[task] = entry
     return results
 
 
-def write_predictions(path: pathlib.Path, examples: Sequence[Example], predictions: Sequence[str], processor) -> None:
+def scores_by_property(pairs: Sequence[tuple[Example, str]]) -> dict[str, dict]:
+    """Regression metrics for each property asked about (HOMO, LUMO, gap ...)."""
+    by_kind = {}
+    for example, prediction in pairs:
+        answers, references = by_kind.setdefault(question_kind(example).split("/", 1)[-1], ([], []))
+        answers.append(prediction)
+        references.append(example.reference)
+    return {
+        kind: {"n": len(answers), **METRIC_FAMILIES["property"](answers, refs)}
+        for kind, (answers, refs) in sorted(by_kind.items())
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing results
+
+
+def write_predictions(
+    path: pathlib.Path,
+    examples: Sequence[Example],
+    predictions: Sequence[str],
+    processor=None,
+    extras: Sequence[dict] | None = None,
+) -> None:
+    """One JSON line per example; the prompt is the rendered chat when a processor is given, else the question."""
     with path.open("w", encoding="utf-8") as handle:
-        for example, prediction in zip(examples, predictions):
-            prompt = processor.apply_chat_template(conversation_with_molecules(example.smiles, example.messages), add_generation_prompt=True)
+        for index, (example, prediction) in enumerate(zip(examples, predictions)):
+            if processor is not None:
+                chat = conversation_with_molecules(example.smiles, example.messages)
+                prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+            else:
+                prompt = example.question
             row = {
                 "id": example.id, "task": example.task, "smiles": example.smiles, "prompt": prompt,
-                "reference": example.reference, "prediction": prediction,
+                "reference": example.reference, "prediction": prediction, **(extras[index] if extras else {}),
             }  # fmt: skip
             handle.write(json.dumps(row) + "\n")
 
 
-def evaluate(model_path: str, examples: Sequence[Example], output_dir: pathlib.Path | None = None, **generation) -> dict:
-    """Load through the public contract, generate, score, and write predictions + results when `output_dir` is set."""
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
-    predictions = generate_answers(model, processor, examples, **generation)
-    results = {"model": str(model_path), "tasks": score(examples, predictions)}
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for package in ("transformers", "torch", "rdkit", "nltk", "rouge_score", "Levenshtein"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def finish(
+    name: str,
+    examples: Sequence[Example],
+    predictions: Sequence[str],
+    output_dir: pathlib.Path | None,
+    tokenizer=None,
+    processor=None,
+    extras: Sequence[dict] | None = None,
+    task_metrics: dict[str, str] | None = None,
+    **info,
+) -> dict:
+    """Score, and write `predictions.jsonl` + `results.json` when `output_dir` is set; returns results + predictions."""
+    started = time.time()
+    tasks = score(examples, predictions, tokenizer=tokenizer, task_metrics=task_metrics)
+    results = {
+        "model": name,
+        "examples": len(examples),
+        "tasks": tasks,
+        **info,
+        "score_seconds": round(time.time() - started, 2),
+        "tokenization": TOKENIZATION_NOTE,
+        "versions": library_versions(),
+    }
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_predictions(output_dir / "predictions.jsonl", examples, predictions, processor)
+        write_predictions(output_dir / "predictions.jsonl", examples, predictions, processor, extras)
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     return {**results, "predictions": list(predictions)}
 
 
-def main() -> None:
+def evaluate(
+    model_path: str,
+    examples: Sequence[Example],
+    output_dir: pathlib.Path | None = None,
+    task_metrics: dict[str, str] | None = None,
+    device: str | None = None,
+    **generation,
+) -> dict:
+    """Load through the public contract, generate, score, and write predictions + results when `output_dir` is set."""
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    started = time.time()
+    predictions = generate_answers(model, processor, examples, **generation)
+    seconds = time.time() - started
+    return finish(
+        str(model_path), examples, predictions, output_dir, tokenizer=processor.tokenizer, processor=processor,
+        task_metrics=task_metrics, kind="model", generation={"do_sample": False, "num_beams": 1, **generation},
+        generate_seconds=round(seconds, 2), examples_per_second=round(len(examples) / seconds, 2),
+    )  # fmt: skip
+
+
+def evaluate_baseline(
+    baseline,
+    train_examples: Sequence[Example],
+    examples: Sequence[Example],
+    output_dir: pathlib.Path | None = None,
+    task_metrics: dict[str, str] | None = None,
+    tokenizer=None,
+) -> dict:
+    """Fit a baseline (`baselines_llamo`) on training examples, answer, and score exactly like a model (`tokenizer`:
+    also score text on these tokenizer pieces, e.g. those of the models it is compared with)."""
+    started = time.time()
+    baseline.fit(train_examples)
+    predictions, extras = baseline.predict(examples)
+    return finish(
+        baseline.name, examples, predictions, output_dir, tokenizer=tokenizer, extras=extras, task_metrics=task_metrics,
+        kind="baseline", train_examples=len(train_examples), fit_predict_seconds=round(time.time() - started, 2),
+        **baseline.report(),
+    )  # fmt: skip
+
+
+def parse_task_metrics(items: Sequence[str]) -> dict[str, str]:
+    """['mol_instructions=molecule', ...] -> {'mol_instructions': 'molecule'}."""
+    pairs = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(pairs) != len(items):
+        raise ValueError(f"--task_metrics expects task=family pairs, got {list(items)}")
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder or Hub id (loaded with trust_remote_code=True)")
-    parser.add_argument("--datasets", nargs="+", required=True, help="'[format:]path[@weight]' as for train_sft.py")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="model folder or Hub id (loaded with trust_remote_code=True)")
+    who.add_argument("--baseline", choices=("morgan_nn", "train_mean"), help="a baseline fitted on --train_datasets")
+    parser.add_argument("--datasets", nargs="+", required=True, help="'[format:]path' as for train_sft.py")
+    parser.add_argument("--train_datasets", nargs="+", default=None, help="baselines: the training data to answer from")
     parser.add_argument("--eval_fraction", type=float, default=None, help="evaluate only the molecules train_sft.py held out")
     parser.add_argument("--max_examples", type=int, default=None)
+    parser.add_argument(
+        "--task_metrics", nargs="*", default=[], help="task=family overrides, family in text/name/property/molecule/exact"
+    )
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=pathlib.Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    conversations, skipped = load_mixture([DataSource.parse(spec) for spec in args.datasets], seed=args.seed)
-    if args.eval_fraction is not None:
-        _, conversations = split_by_molecule(conversations, args.eval_fraction)
-    if args.max_examples is not None:
-        conversations = conversations.select(range(min(args.max_examples, len(conversations))))
-    examples = examples_from_conversations(conversations)
-    results = evaluate(
-        args.model, examples, args.output_dir, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams
-    )
-    print(json.dumps({"tasks": results["tasks"], "rows_skipped": skipped.to_dict()}, indent=2))
+    examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
+    task_metrics = parse_task_metrics(args.task_metrics)
+    if args.baseline is not None:
+        from baselines_llamo import BASELINES  # imported here: baselines_llamo imports this module
+
+        if not args.train_datasets:
+            parser.error("--baseline needs --train_datasets")
+        train_examples, train_skipped = load_examples(args.train_datasets, seed=args.seed)
+        results = evaluate_baseline(BASELINES[args.baseline](), train_examples, examples, args.output_dir, task_metrics)
+        skipped = {"eval": skipped, "train": train_skipped}
+    else:
+        results = evaluate(
+            args.model, examples, args.output_dir, task_metrics=task_metrics, device=args.device,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        )  # fmt: skip
+    results.pop("predictions")
+    results.update(datasets=args.datasets, rows_skipped=skipped)
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps({"tasks": results["tasks"], "rows_skipped": skipped}, indent=2))
+    return results
 
 
 if __name__ == "__main__":
