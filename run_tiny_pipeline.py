@@ -8,7 +8,9 @@
 3. stage 1   LLaMo is built around it; the GIN and projector learn from descriptions, the LLM frozen.
 4. stage 2   instruction tuning: projector + LoRA, GIN frozen  -> `outputs/llamo-tiny`.
 5. baseline  the same base LLM through the same stage 2 with `projector_type none` (SMILES text, no graph).
-6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE.
+6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE; next to
+             two baselines fitted on the training questions: Morgan nearest-neighbour retrieval and the most
+             common training answer (training mean for properties) of the same kind of question.
 
 Every training step is a printed `train_sft.py` command, runnable on its own.
 """
@@ -27,7 +29,8 @@ import time
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from evaluate_llamo import evaluate, examples_from_conversations
+from baselines_llamo import MorganRetrieval, TrainMean
+from evaluate_llamo import evaluate, evaluate_baseline, examples_from_conversations
 from featurization_llamo import parse_smiles, prompt_smiles
 from llamo_data import DataSource, is_held_out, load_mixture, load_source, split_by_molecule
 from llamo_instructions import generate_examples, read_smiles_column
@@ -113,41 +116,53 @@ def train(arguments: list[str]) -> None:
     subprocess.run(command, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
+def fact_examples(rows):
+    """Single-question fact rows as examples whose task names the fact (`facts/rings`): scored, and answered by the
+    baselines, per kind of fact."""
+    rows = [
+        {**row, "task": f"facts/{row['fact']}"} for row in rows if row.get("fact") in EXACT_FACTS and len(row["messages"]) == 2
+    ]
+    return examples_from_conversations(rows)
+
+
 def held_out_examples(molecules: list[str], per_task: dict[str, int], seed: int):
     """Questions about held-out molecules with checkable answers: new exact-answer fact questions and held-out QM9
     properties."""
     held_out = [s for s in molecules if is_held_out([s], HELD_OUT)]
-    facts = list(generate_examples(held_out, 2, multi_turn_fraction=0.0, descriptions=False, facts_subset=EXACT_FACTS, seed=seed + 1))
-    rows = [{**row, "smiles": [row["smiles"]]} for row in facts[: per_task["facts"]]]
+    facts = list(
+        generate_examples(held_out, 2, multi_turn_fraction=0.0, descriptions=False, facts_subset=EXACT_FACTS, seed=seed + 1)
+    )
+    examples = fact_examples([{**row, "smiles": [row["smiles"]]} for row in facts[: per_task["facts"]]])
     conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
     _, held = split_by_molecule(conversations, HELD_OUT)
-    rows += list(held.select(range(min(per_task["property"], len(held)))))
-    return examples_from_conversations(rows)
+    return examples + examples_from_conversations(held.select(range(min(per_task["property"], len(held)))))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "outputs")
-    parser.add_argument("--molecules", type=int, default=4000, help="molecules to generate questions for")
-    parser.add_argument("--steps", type=int, default=300, help="training steps per stage")
-    parser.add_argument("--eval_per_task", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    out, started, timings = args.output_dir, time.time(), {}
+def training_examples(questions_file: str, seed: int):
+    """The training side of the same questions (held-out molecules excluded), for the baselines to answer from."""
+    with open(questions_file) as handle:
+        rows = [json.loads(line) for line in handle]
+    rows = [{**row, "smiles": [row["smiles"]]} for row in rows if not is_held_out([row["smiles"]], HELD_OUT)]
+    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
+    train, _ = split_by_molecule(conversations, HELD_OUT)
+    return fact_examples(rows) + examples_from_conversations(train)
 
+
+def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings: dict) -> dict[str, str]:
+    """Steps 1-5: data, stage 0, stage 1, stage 2, and the no-graph baseline; returns the data files."""
     log("1/6 data: generating instruction data from the shipped molecules")
-    files = make_data(out / "data", args.molecules, args.seed)
+    files = make_data(out / "data", molecules, seed)
     sources = stage2_sources(files)
 
     log("2/6 stage 0: the tiny base LLM learns the conversations as text")
     tick = time.time()
-    pretrain_base_llm(out / "tiny-llm", [*sources, f"messages:{files['descriptions']}@0.25"], args.steps, args.seed)
+    pretrain_base_llm(out / "tiny-llm", [*sources, f"messages:{files['descriptions']}@0.25"], steps, seed)
     timings["stage0"] = time.time() - tick
 
     common = [
-        "--eval_fraction", str(HELD_OUT), "--per_device_train_batch_size", "16", "--max_steps", str(args.steps),
+        "--eval_fraction", str(HELD_OUT), "--per_device_train_batch_size", "16", "--max_steps", str(steps),
         "--lr_scheduler_type", "cosine", "--warmup_steps", "20", "--logging_steps", "50", "--save_strategy", "no",
-        "--seed", str(args.seed), "--max_length", "512", "--max_train_samples", str(16 * args.steps),
+        "--seed", str(seed), "--max_length", "512", "--max_train_samples", str(16 * steps),
     ]  # fmt: skip
     log("3/6 stage 1: graph-language alignment (GIN + projector; LLM frozen)")
     tick = time.time()
@@ -169,6 +184,24 @@ def main() -> None:
            "--output_dir", str(out / "baseline-no-graph"), *lora, *common])  # fmt: skip
     timings["baseline"] = time.time() - tick
 
+    return files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "outputs")
+    parser.add_argument("--molecules", type=int, default=4000, help="molecules to generate questions for")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per stage")
+    parser.add_argument("--eval_per_task", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval_only", action="store_true", help="only step 6, on the data and models already in --output_dir")
+    args = parser.parse_args()
+    out, started, timings = args.output_dir, time.time(), {}
+    if not args.eval_only:
+        files = train_all(out, args.molecules, args.steps, args.seed, timings)
+    else:
+        files = {"questions": str(out / "data" / "questions.jsonl")}
+
     log("6/6 evaluation on held-out molecules (greedy decoding)")
     tick = time.time()
     per_task = {"facts": args.eval_per_task, "property": args.eval_per_task // 2}
@@ -176,33 +209,58 @@ def main() -> None:
     results = {}
     for name in ("llamo-tiny", "baseline-no-graph"):
         results[name] = evaluate(str(out / name), examples, out / "eval" / name, batch_size=32, max_new_tokens=64)
+    train_examples = training_examples(files["questions"], args.seed)
+    for baseline in (MorganRetrieval(), TrainMean()):
+        results[baseline.name] = evaluate_baseline(baseline, train_examples, examples, out / "eval" / baseline.name)
     timings["eval"] = time.time() - tick
     timings["total"] = time.time() - started
     report(out, examples, results, timings)
 
 
+COLUMNS = {"llamo-tiny": "LLaMo (graph)", "baseline-no-graph": "no graph", "morgan_nn": "retrieval", "train_mean": "most common"}
+
+
+def with_facts_overall(tasks: dict) -> dict:
+    """Per-task metrics plus `facts`: exact match over all fact questions (the per-fact tasks weighted by size)."""
+    facts = [metrics for task, metrics in tasks.items() if task.startswith("facts/")]
+    total = sum(metrics["n"] for metrics in facts)
+    overall = {"n": total, "exact_match": sum(m["n"] * m["exact_match"] for m in facts) / total}
+    return {"facts": overall, **tasks}
+
+
+def markdown_table(tasks_by_model: dict[str, dict], rows: list[tuple[str, str]]) -> list[str]:
+    fmt = {"exact_match": lambda v: f"{100 * v:.1f}%", "mae": lambda v: "n/a" if v is None else f"{v:.4f}",
+           "unparsable_share": lambda v: f"{v:.3f}"}  # fmt: skip
+    first = tasks_by_model["llamo-tiny"]
+    table = ["| task | metric | " + " | ".join(COLUMNS.values()) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for task, metric in rows:
+        cells = [fmt[metric](tasks_by_model[name][task][metric]) for name in COLUMNS]
+        table.append(f"| {task} (n={first[task]['n']}) | {metric} | " + " | ".join(cells) + " |")
+    return table
+
+
 def report(out: pathlib.Path, examples, results: dict, timings: dict) -> None:
-    table = ["| task | metric | LLaMo (graph) | no graph |", "|---|---|---|---|"]
-    for task, metrics in results["llamo-tiny"]["tasks"].items():
-        baseline = results["baseline-no-graph"]["tasks"][task]
-        for metric in ("exact_match", "mae", "unparsable_share"):
-            if metric in metrics:
-                fmt = (lambda v: "n/a" if v is None else f"{v:.3f}") if metric != "exact_match" else (lambda v: f"{100 * v:.1f}%")
-                table.append(f"| {task} (n={metrics['n']}) | {metric} | {fmt(metrics[metric])} | {fmt(baseline[metric])} |")
+    tasks_by_model = {name: with_facts_overall(result["tasks"]) for name, result in results.items()}
+    summary_rows = [("facts", "exact_match")] + [("property", m) for m in ("exact_match", "mae", "unparsable_share")]
+    per_fact_rows = [(task, "exact_match") for task in sorted(tasks_by_model["llamo-tiny"]) if task.startswith("facts/")]
+    table = markdown_table(tasks_by_model, summary_rows)
     summary = {
-        "results": {name: result["tasks"] for name, result in results.items()},
+        "results": tasks_by_model,
         "seconds": {key: round(value, 1) for key, value in timings.items()},
         "held_out_fraction": HELD_OUT,
     }
     (out / "pipeline_results.json").write_text(json.dumps(summary, indent=2))
     print("\n" + "\n".join(table))
+    print("\nExact match per kind of fact:\n" + "\n".join(markdown_table(tasks_by_model, per_fact_rows)))
     print("\nSample answers (held-out molecules):")
     predictions = results["llamo-tiny"]["predictions"]
     baseline = results["baseline-no-graph"]["predictions"]
     for index in sorted({0, len(examples) // 3, len(examples) // 2, 2 * len(examples) // 3, len(examples) - 1}):
         example = examples[index]
         question = example.messages[-1]["content"]
-        print(f"  {example.smiles[0]} | {question}\n    reference: {example.reference}\n    LLaMo:     {predictions[index]}\n    no graph:  {baseline[index]}")
+        print(
+            f"  {example.smiles[0]} | {question}\n    reference: {example.reference}\n    LLaMo:     {predictions[index]}\n    no graph:  {baseline[index]}"
+        )
     print(f"\nTimes (s): {summary['seconds']}")
     print(f"Final model: {out / 'llamo-tiny'} (loads with AutoModelForCausalLM / AutoProcessor, trust_remote_code=True)")
 

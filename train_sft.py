@@ -24,7 +24,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import datasets
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig

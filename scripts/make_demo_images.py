@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "outputs" / "llamo-tiny"), help="model folder or Hub id")
     parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "docs" / "images")
     parser.add_argument("--smiles", default="CC(=O)Oc1ccccc1C(=O)O", help="molecule of both pictures (default: aspirin)")
-    parser.add_argument("--question", default="Describe this molecule.")
+    parser.add_argument("--question", default="How many rings does this molecule contain?")
     parser.add_argument("--max_new_tokens", type=int, default=48)
     args = parser.parse_args()
     if args.model == parser.get_default("model") and not pathlib.Path(args.model).is_dir():

@@ -7,11 +7,10 @@ import os
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
-from conftest import CONTRACT, MOLECULES, ROOT, run_fresh
+from conftest import CONTRACT, ROOT, run_fresh
 from huggingface_hub import ModelCard
 from transformers import LlamaConfig, LlamaForCausalLM
 
