@@ -133,23 +133,27 @@ def held_out_examples(molecules: list[str], per_task: dict[str, int], seed: int)
         generate_examples(held_out, 2, multi_turn_fraction=0.0, descriptions=False, facts_subset=EXACT_FACTS, seed=seed + 1)
     )
     examples = fact_examples([{**row, "smiles": [row["smiles"]]} for row in facts[: per_task["facts"]]])
-    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
-    _, held = split_by_molecule(conversations, HELD_OUT)
+    _, held = qm9_split(seed)
     return examples + examples_from_conversations(held.select(range(min(per_task["property"], len(held)))))
 
 
-def training_examples(questions_file: str, seed: int):
+def training_examples(questions_file: pathlib.Path, seed: int):
     """The training side of the same questions (held-out molecules excluded), for the baselines to answer from."""
     with open(questions_file) as handle:
         rows = [json.loads(line) for line in handle]
     rows = [{**row, "smiles": [row["smiles"]]} for row in rows if not is_held_out([row["smiles"]], HELD_OUT)]
-    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
-    train, _ = split_by_molecule(conversations, HELD_OUT)
+    train, _ = qm9_split(seed)
     return fact_examples(rows) + examples_from_conversations(train)
 
 
-def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings: dict) -> dict[str, str]:
-    """Steps 1-5: data, stage 0, stage 1, stage 2, and the no-graph baseline; returns the data files."""
+def qm9_split(seed: int):
+    """The shipped QM9 property questions, split into training and held-out molecules as in training."""
+    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
+    return split_by_molecule(conversations, HELD_OUT)
+
+
+def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings: dict) -> None:
+    """Steps 1-5: data, stage 0, stage 1, stage 2, and the no-graph baseline (seconds per step into `timings`)."""
     log("1/6 data: generating instruction data from the shipped molecules")
     files = make_data(out / "data", molecules, seed)
     sources = stage2_sources(files)
@@ -184,8 +188,6 @@ def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings:
            "--output_dir", str(out / "baseline-no-graph"), *lora, *common])  # fmt: skip
     timings["baseline"] = time.time() - tick
 
-    return files
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,9 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     out, started, timings = args.output_dir, time.time(), {}
     if not args.eval_only:
-        files = train_all(out, args.molecules, args.steps, args.seed, timings)
-    else:
-        files = {"questions": str(out / "data" / "questions.jsonl")}
+        train_all(out, args.molecules, args.steps, args.seed, timings)
 
     log("6/6 evaluation on held-out molecules (greedy decoding)")
     tick = time.time()
@@ -209,7 +209,7 @@ def main() -> None:
     results = {}
     for name in ("llamo-tiny", "baseline-no-graph"):
         results[name] = evaluate(str(out / name), examples, out / "eval" / name, batch_size=32, max_new_tokens=64)
-    train_examples = training_examples(files["questions"], args.seed)
+    train_examples = training_examples(out / "data" / "questions.jsonl", args.seed)
     for baseline in (MorganRetrieval(), TrainMean()):
         results[baseline.name] = evaluate_baseline(baseline, train_examples, examples, out / "eval" / baseline.name)
     timings["eval"] = time.time() - tick
