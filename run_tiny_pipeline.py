@@ -29,12 +29,12 @@ import time
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from baselines_llamo import MorganRetrieval, TrainMean
-from evaluate_llamo import evaluate, evaluate_baseline, examples_from_conversations
+from llamo.baselines import MorganRetrieval, TrainMean
+from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
 from featurization_llamo import parse_smiles, prompt_smiles
-from llamo_data import DataSource, is_held_out, load_mixture, load_source, split_by_molecule
-from llamo_instructions import generate_examples, read_smiles_column
-from tiny_llamo import TINY_GRAPH_CONFIG, TINY_TEXT_CONFIG, load_tiny_tokenizer
+from llamo.data import DataSource, is_held_out, load_mixture, load_source, split_by_molecule
+from llamo.instructions import generate_examples, read_smiles_column
+from llamo.tiny import TINY_GRAPH_CONFIG, TINY_TEXT_CONFIG, load_tiny_tokenizer
 
 
 ROOT = pathlib.Path(__file__).resolve().parent

@@ -33,10 +33,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
-from llamo_data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
-from tiny_llamo import build_tiny_llamo
+from llamo.tiny import build_tiny_llamo
 
 
 @dataclass
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
 def card_info(model, model_args, data_args, training_args, summary, trainer) -> dict:
     config = model.config
-    language_model = config.text_config._name_or_path or "tiny Llama (tiny_llamo.py)"
+    language_model = config.text_config._name_or_path or "tiny Llama (llamo/tiny.py)"
     is_hub_id = bool(config.text_config._name_or_path) and not pathlib.Path(language_model).exists()
     trained = {1: "GIN + projector" + (" + LLM input embeddings" if model_args.train_input_embeddings else ""), 2: "projector + LoRA"}
     sources = [DataSource.parse(spec) for spec in data_args.datasets]
@@ -401,5 +401,10 @@ def print_summary(summary: dict, skipped: SkipReport) -> None:
         print(f"    {line}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `llamo-train` (the same as `python train_sft.py`)."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

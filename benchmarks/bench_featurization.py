@@ -46,7 +46,7 @@ def build_methods(baseline_module=None) -> dict:
     from torch_geometric.utils import from_smiles
 
     from featurization_llamo import featurize_smiles, parse_smiles, prompt_smiles, read_molecule
-    from tiny_llamo import load_tiny_tokenizer
+    from llamo.tiny import load_tiny_tokenizer
     from processing_llamo import LlamoProcessor
 
     processor = LlamoProcessor(tokenizer=load_tiny_tokenizer())

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     set_threads(args.threads)
 
     from bench_training import stage2_llamo, train_step_fn
-    from tiny_llamo import build_tiny_llamo
+    from llamo.tiny import build_tiny_llamo
 
     examples, source = load_chebi20_examples(args.num_molecules)
     model, processor = build_tiny_llamo(seed=0)

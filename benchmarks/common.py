@@ -173,7 +173,7 @@ def build_small_llamo(seed: int = 0, **overrides):
     from configuration_llamo import LlamoConfig
     from modeling_llamo import LlamoForConditionalGeneration
     from processing_llamo import LlamoProcessor
-    from tiny_llamo import load_tiny_tokenizer
+    from llamo.tiny import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
     text_config = LlamaConfig(

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.data import missing_sources, prepare_splits  # noqa: E402
 from benchmarks.quality.report import build_report, update_readme, write_report  # noqa: E402
-from evaluate_llamo import evaluate, evaluate_baseline, load_examples  # noqa: E402
+from llamo.evaluation import evaluate, evaluate_baseline, load_examples  # noqa: E402
 
 
 VARIANTS = ("none", "mlp_high", "multilevel_no_motif", "multilevel")
@@ -67,7 +67,7 @@ def common_training_arguments(args: argparse.Namespace, steps: int, seed: int) -
 
 def train_variant(args, variant: str, seed: int, base_llm: pathlib.Path, splits, models: pathlib.Path) -> dict:
     """Stage 1 (graph projectors) and stage 2 of one projector type and seed; returns the runs' summaries."""
-    from tiny_llamo import TINY_GRAPH_CONFIG
+    from llamo.tiny import TINY_GRAPH_CONFIG
 
     mixture = [f"{splits[task].spec('train')}@{weight}" for task, weight in MIX_WEIGHTS.items()]
     lora = ["--lora_target_modules", "all-linear", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", str(args.stage2_lr)]
@@ -98,8 +98,8 @@ def evaluate_model(name: str, model: pathlib.Path, dev_sets: dict, out: pathlib.
 
 def evaluate_baselines(train_sets: dict, dev_sets: dict, out: pathlib.Path) -> None:
     """Every baseline, fitted on each task's whole train split; text is also scored with the tiny models' tokenizer."""
-    from baselines_llamo import BASELINES
-    from tiny_llamo import load_tiny_tokenizer
+    from llamo.baselines import BASELINES
+    from llamo.tiny import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
     for name, baseline in BASELINES.items():

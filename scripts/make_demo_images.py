@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor  # noqa: E402
 
-from attention_llamo import attention_png  # noqa: E402
+from llamo.attention import attention_png  # noqa: E402
 from scripts.app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402
 
 

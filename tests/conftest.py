@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tiny_llamo import build_tiny_llamo  # noqa: E402
+from llamo.tiny import build_tiny_llamo  # noqa: E402
 
 
 # Hand-picked molecules covering the awkward cases: no functional group, salts, charges, isotopes, stereo,

@@ -11,9 +11,9 @@ from huggingface_hub import SpaceCard
 
 pytest.importorskip("gradio", reason="the demo needs gradio (pip install -r requirements.txt)")
 
-import app  # noqa: E402
-from attention_llamo import available_panels  # noqa: E402
-from tiny_llamo import build_tiny_llamo  # noqa: E402
+import llamo.demo as app  # noqa: E402
+from llamo.attention import available_panels  # noqa: E402
+from llamo.tiny import build_tiny_llamo  # noqa: E402
 
 
 def unescape_markdown(text: str) -> str:
@@ -28,7 +28,7 @@ def test_missing_default_model_says_how_to_make_it_or_what_to_pass(monkeypatch, 
     message = str(exit_info.value.code)
     assert f"No model at {tmp_path / 'outputs' / 'llamo-tiny'}" in message
     assert "README's main job" in message and "--model PATH_OR_HUB_ID" in message and app.MODEL_ENV_VAR in message
-    assert "python tiny_llamo.py --output_dir tiny-llamo && python app.py --model tiny-llamo" in message
+    assert "llamo-tiny --output_dir tiny-llamo && python app.py --model tiny-llamo" in message
 
 
 def test_model_comes_from_the_argument_or_the_environment(monkeypatch):

@@ -42,7 +42,7 @@ from PIL import Image  # noqa: E402
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from attention_llamo import compute_atom_attention, draw_atom_attention  # noqa: E402
+from llamo.attention import compute_atom_attention, draw_atom_attention  # noqa: E402
 from scripts.app_browser import (  # noqa: E402
     ask,
     attention_image_url,

@@ -1,4 +1,4 @@
-"""attention_llamo: the projector's cross-attention mapped onto atoms, and the pictures drawn from it."""
+"""llamo.attention: the projector's cross-attention mapped onto atoms, and the pictures drawn from it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from conftest import MOLECULES
 from PIL import Image
 
-import attention_llamo
-from attention_llamo import (
+import llamo.attention as attention_llamo
+from llamo.attention import (
     MOTIF_PANEL,
     AtomAttention,
     attention_png,
@@ -24,7 +24,7 @@ from attention_llamo import (
     score_color,
 )
 from featurization_llamo import featurize_molecule, parse_smiles
-from tiny_llamo import build_tiny_llamo
+from llamo.tiny import build_tiny_llamo
 
 
 BATCH = [MOLECULES[name] for name in ("aspirin", "methane", "caffeine", "salt", "cisplatin")]
@@ -183,7 +183,7 @@ def test_png_holds_one_panel_or_all_of_them_in_a_grid(sharp, tmp_path):
 def test_command_line_draws_a_saved_model_loaded_through_the_auto_classes(tiny_folder, tiny, tmp_path, monkeypatch, capsys):
     output = tmp_path / "caffeine.png"
     monkeypatch.setattr(
-        "sys.argv", ["attention_llamo.py", "--model", str(tiny_folder), "--smiles", MOLECULES["caffeine"], "--output", str(output)]
+        "sys.argv", ["llamo-attention", "--model", str(tiny_folder), "--smiles", MOLECULES["caffeine"], "--output", str(output)]
     )
     attention_llamo.main()
     assert capsys.readouterr().out.strip() == f"wrote {output}"

@@ -14,7 +14,7 @@ from benchmarks.quality import data as split_module
 from benchmarks.quality.data import canonical, prepare_splits, read_rows
 from benchmarks.quality.report import MARKERS, build_report, update_readme, write_report
 from benchmarks.run_benchmark import main as run_benchmark
-from llamo_data import DataSource, load_source
+from llamo.data import DataSource, load_source
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from transformers import AutoConfig, LlamaConfig, OPTConfig, Qwen2Config
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
 from modeling_llamo import LlamoForConditionalGeneration
-from tiny_llamo import build_tiny_llamo
+from llamo.tiny import build_tiny_llamo
 
 
 def test_defaults_are_the_released_llamo():

@@ -10,7 +10,7 @@ import torch
 from conftest import MOLECULES, user_turn
 from rdkit import Chem
 
-from llamo_data import (
+from llamo.data import (
     DataSource,
     LlamoDataCollator,
     conversation_with_molecules,

@@ -8,9 +8,9 @@ import pathlib
 
 import pytest
 
-from baselines_llamo import MorganRetrieval, TrainMean
-from evaluate_llamo import Example, main as evaluate_main, question_kind, score
-from llamo_data import PROPERTY_INSTRUCTIONS
+from llamo.baselines import MorganRetrieval, TrainMean
+from llamo.evaluation import Example, main as evaluate_main, question_kind, score
+from llamo.data import PROPERTY_INSTRUCTIONS
 from train_sft import main as train
 
 

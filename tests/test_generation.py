@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MOLECULES, user_turn
 
-from tiny_llamo import build_tiny_llamo
+from llamo.tiny import build_tiny_llamo
 
 
 QUESTIONS = {

@@ -11,7 +11,7 @@ import pytest
 from conftest import MOLECULES, ROOT
 
 from featurization_llamo import parse_smiles
-from llamo_instructions import QUESTIONS, ask, describe, generate_examples, molecule_facts
+from llamo.instructions import QUESTIONS, ask, describe, generate_examples, molecule_facts
 
 
 # Hand-checked: formula, heavy atoms, rings, aromatic rings, H-bond donors (N-H, O-H) and acceptors (N, O atoms:
@@ -92,7 +92,7 @@ def test_cli_writes_json_lines_and_counts_invalid_smiles(tmp_path):
     source.write_text("name,SMILES\naspirin,CC(=O)Oc1ccccc1C(=O)O\nbroken,C1CC(\nethanol,CCO\n")
     output = tmp_path / "out.jsonl"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "llamo_instructions.py"), "--input", str(source), "--output", str(output), "--questions_per_molecule", "2"],
+        [sys.executable, "-m", "llamo.instructions", "--input", str(source), "--output", str(output), "--questions_per_molecule", "2"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "3 SMILES read, 1 skipped as invalid" in result.stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics_llamo import (
+from llamo.metrics import (
     bleu_meteor,
     ensure_wordnet,
     exact_match,

@@ -9,7 +9,7 @@ from conftest import MOLECULES
 from configuration_llamo import PROJECTOR_TYPES
 from featurization_llamo import parse_smiles
 from modeling_llamo import LlamoForConditionalGeneration, select_graph_molecules
-from tiny_llamo import build_tiny_llamo
+from llamo.tiny import build_tiny_llamo
 
 
 PROMPTS = ["<graph> Describe this molecule.", "Which is larger, <graph> or <graph>?"]

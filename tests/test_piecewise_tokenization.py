@@ -12,7 +12,7 @@ from conftest import MOLECULES, user_turn
 from rdkit import Chem
 
 from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
-from tiny_llamo import load_tiny_tokenizer
+from llamo.tiny import load_tiny_tokenizer
 
 
 SLOTS = 5

@@ -8,7 +8,7 @@ from conftest import MOLECULES, user_turn
 
 from featurization_llamo import parse_smiles, prompt_smiles
 from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
-from tiny_llamo import load_tiny_tokenizer
+from llamo.tiny import load_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

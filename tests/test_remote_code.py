@@ -102,7 +102,7 @@ def test_code_files_import_siblings_relatively_with_a_plain_module_fallback(name
 def test_modules_import_as_plain_modules_from_the_repository_root(tmp_path):
     out = run_fresh(
         f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-        "import configuration_llamo, modeling_llamo, processing_llamo, featurization_llamo, tiny_llamo\n"
+        "import configuration_llamo, modeling_llamo, processing_llamo, featurization_llamo, llamo.tiny\n"
         "print(modeling_llamo.LlamoForConditionalGeneration.__module__)",
         cwd=tmp_path,
     )

@@ -14,9 +14,9 @@ from conftest import CONTRACT, ROOT, run_fresh
 from huggingface_hub import ModelCard
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llamo_instructions import generate_examples
+from llamo.instructions import generate_examples
 from modeling_llamo import LlamoForConditionalGeneration
-from tiny_llamo import TINY_TEXT_CONFIG, build_tiny_llamo, load_tiny_tokenizer
+from llamo.tiny import TINY_TEXT_CONFIG, build_tiny_llamo, load_tiny_tokenizer
 from train_sft import main as train
 
 

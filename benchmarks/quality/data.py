@@ -18,8 +18,8 @@ import json
 import pathlib
 from dataclasses import dataclass
 
-from llamo_data import is_held_out
-from metrics_llamo import parse_molecule
+from llamo.data import is_held_out
+from llamo.metrics import parse_molecule
 from rdkit import Chem
 
 

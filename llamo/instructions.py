@@ -4,7 +4,7 @@ Each molecule gives single-turn questions (formula, counts, functional groups, p
 conversations chaining several of them, and short descriptions (stage-1 alignment data). The wording is varied
 from templates written for this project; every answer is computed, never guessed. Usable at any scale:
 
-    python llamo_instructions.py --input data/chebi20_smiles.tsv --output outputs/facts.jsonl
+    llamo-instructions --input data/chebi20_smiles.tsv --output outputs/facts.jsonl
 
 Rows are `{"smiles", "messages", "task", "fact"}`; the molecule goes in front of the first user turn when the
 rows are loaded for training (`llamo_data.py`, format `messages`).

@@ -1,4 +1,4 @@
-"""Baselines that answer without a language model, scored by the same runner (`evaluate_llamo.py --baseline`).
+"""Baselines that answer without a language model, scored by the same runner (`llamo-eval --baseline`).
 
 - `morgan_nn`: retrieval. The answer is the training answer of the most similar training molecule (Tanimoto on
   Morgan fingerprints, radius 2, 2,048 bits; RDKit `BulkTanimotoSimilarity`), among training questions of the same
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from rdkit import DataStructs
 
-from evaluate_llamo import Example, question_kind
-from metrics_llamo import MORGAN_FINGERPRINT, parse_molecule, parse_number
+from llamo.evaluation import Example, question_kind
+from llamo.metrics import MORGAN_FINGERPRINT, parse_molecule, parse_number
 
 
 def _fingerprint(smiles: Sequence[str]):

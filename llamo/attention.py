@@ -18,10 +18,10 @@ and blue when it gets less, on a log scale that saturates at `saturation` times 
 share; white is exactly even. Atom indices are RDKit's order of the input SMILES, which is also the node order
 of the graph tensors, so no re-mapping is needed.
 
-    from attention_llamo import attention_png
+    from llamo.attention import attention_png
     attention_png("CC(=O)Oc1ccccc1C(=O)O", model, processor, path="aspirin.png")
 
-or from a shell: `python attention_llamo.py --model outputs/llamo-tiny --smiles "CC(=O)Oc1ccccc1C(=O)O" --output aspirin.png`
+or from a shell: `llamo-attention --model outputs/llamo-tiny --smiles "CC(=O)Oc1ccccc1C(=O)O" --output aspirin.png`
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ model card; it loads with `AutoModelForCausalLM.from_pretrained(folder, trust_re
 to the Hub as it is. Only the base LLM's config and tokenizer are read from `--base_model`: every weight, the
 stage-1-trained input embeddings included, comes from the checkpoint.
 
-    python convert_llamo_original_checkpoint.py --checkpoint last.ckpt --base_model Llama-2-7b-chat-hf --output_dir llamo-7b
+    llamo-convert --checkpoint last.ckpt --base_model Llama-2-7b-chat-hf --output_dir llamo-7b
 
 What happens to the original's state dict (key layout: docs, `llamo-original.md` section 6):
 

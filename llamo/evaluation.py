@@ -1,15 +1,15 @@
 """Evaluate a LLaMo model folder (or Hub id), or a baseline, by its answers to held-out questions.
 
     # a model: batched greedy generation (beam search with --num_beams)
-    python evaluate_llamo.py --model outputs/llamo-tiny --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/llamo
+    llamo-eval --model outputs/llamo-tiny --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/llamo
 
     # a baseline through the same scoring: Morgan-fingerprint nearest neighbour over training data
-    python evaluate_llamo.py --baseline morgan_nn --train_datasets caption:chebi20_train.tsv \\
+    llamo-eval --baseline morgan_nn --train_datasets caption:chebi20_train.tsv \\
         --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/retrieval
 
 Data are read with the training loaders (`llamo_data`, same `[format:]path` syntax as `train_sft.py`). Writes
 `predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json` (metrics per task, rows
-skipped, settings, timings). Metrics per task family (`metrics_llamo.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
+skipped, settings, timings). Metrics per task family (`llamo/metrics.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
 IUPAC names -> exact match + text metrics; properties -> MAE with unparsable answers counted; molecule answers
 -> validity, exact match, fingerprint similarities, Levenshtein; any other task -> exact match.
 Predictions hold the reference answers: keep them out of version control when the data's text may not be shared.
@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from llamo_data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
-from metrics_llamo import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
+from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
+from llamo.metrics import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
 
 
 # Which metrics each task gets; `--task_metrics task=family` adds or overrides entries.
@@ -269,7 +269,7 @@ def evaluate_baseline(
     task_metrics: dict[str, str] | None = None,
     tokenizer=None,
 ) -> dict:
-    """Fit a baseline (`baselines_llamo`) on training examples, answer, and score exactly like a model (`tokenizer`:
+    """Fit a baseline (`llamo.baselines`) on training examples, answer, and score exactly like a model (`tokenizer`:
     also score text on these tokenizer pieces, e.g. those of the models it is compared with)."""
     started = time.time()
     baseline.fit(train_examples)
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
     task_metrics = parse_task_metrics(args.task_metrics)
     if args.baseline is not None:
-        from baselines_llamo import BASELINES  # imported here: baselines_llamo imports this module
+        from llamo.baselines import BASELINES  # imported here: llamo.baselines imports this module
 
         if not args.train_datasets:
             parser.error("--baseline needs --train_datasets")
@@ -331,5 +331,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console entry point `llamo-eval`."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,12 +2,12 @@
 
 Used by the tests and the CPU training run. From Python:
 
-    from tiny_llamo import build_tiny_llamo
+    from llamo.tiny import build_tiny_llamo
     model, processor = build_tiny_llamo()          # random weights, ~0.5M parameters
 
 or as a saved folder that loads with `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`:
 
-    python tiny_llamo.py --output_dir tiny-llamo [--projector_type multilevel]
+    llamo-tiny --output_dir tiny-llamo [--projector_type multilevel]
 """
 
 from __future__ import annotations

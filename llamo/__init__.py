@@ -1,0 +1,18 @@
+"""LLaMo's supporting library: everything around the remote-code model files.
+
+The model itself lives in the top-level modules that are copied next to the weights (`configuration_llamo`,
+`modeling_llamo`, `processing_llamo`, `featurization_llamo`). This package holds the tools built on them, one job
+per module (see docs/architecture.md):
+
+| module | job |
+|---|---|
+| `llamo.data` | data formats -> conversations, featurization + tokenization for training, collator, skip counts |
+| `llamo.instructions` | RDKit-computed question/answer pairs about molecules |
+| `llamo.metrics` | text, number and molecule metrics |
+| `llamo.baselines` | answers without a language model (retrieval, most common / mean) |
+| `llamo.evaluation` | the evaluation runner (`llamo-eval`) |
+| `llamo.attention` | the projector's attention mapped onto atoms, pictures (`llamo-attention`) |
+| `llamo.tiny` | a tiny LLaMo for CPUs and its shipped tokenizer (`llamo-tiny`) |
+| `llamo.convert` | converter from the original checkpoint (`llamo-convert`) |
+| `llamo.demo` | the Gradio demo (`llamo-demo`, or `python app.py`) |
+"""
