@@ -28,9 +28,9 @@ except ImportError as error:
     raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
 
 try:  # loaded as remote code (a package next to the weights)
-    from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+    from .configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 except ImportError:  # imported as a plain module from the repository root
-    from configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+    from configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 
 
 logger = logging.get_logger(__name__)
@@ -301,17 +301,19 @@ def build_projector(config: LlamoConfig) -> nn.Module | None:
 def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index: torch.LongTensor) -> dict[str, torch.Tensor]:
     """Graph inputs of the molecules `molecule_index` (in that order, repeats allowed), re-indexed from 0.
 
-    Expects nodes, edges and motifs grouped molecule by molecule, as `LlamoProcessor` produces them.
+    Expects nodes, edges and motifs grouped molecule by molecule, as `LlamoProcessor` produces them. Every tensor of
+    `GRAPH_INPUTS` that is present is selected by its element (node / edge / motif) and kind.
     """
     node_batch = graph_inputs["graph_node_batch"]
-    num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
-    edge_batch = node_batch[graph_inputs["graph_edge_index"][0]]
-    node_counts = torch.bincount(node_batch, minlength=num_molecules)
-    old_node_start = node_counts.cumsum(0) - node_counts
+    molecules = num_molecules(node_batch)
+    # The molecule of each element, per element set (motifs only when given).
+    element_batch = {"node": node_batch, "edge": node_batch[graph_inputs["graph_edge_index"][0]]}
+    if graph_inputs.get("graph_motif_batch") is not None:
+        element_batch["motif"] = graph_inputs["graph_motif_batch"]
 
     def gather(batch: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Positions of the selected molecules' elements and their new molecule ids."""
-        counts = torch.bincount(batch, minlength=num_molecules)
+        counts = torch.bincount(batch, minlength=molecules)
         start = counts.cumsum(0) - counts
         new_counts = counts[molecule_index]
         new_batch = torch.repeat_interleave(torch.arange(len(molecule_index), device=batch.device), new_counts)
@@ -319,21 +321,25 @@ def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index
         within = torch.arange(int(new_counts.sum()), device=batch.device) - new_start[new_batch]
         return start[molecule_index][new_batch] + within, new_batch
 
-    node_source, new_node_batch = gather(node_batch)
-    edge_source, new_edge_batch = gather(edge_batch)
+    gathered = {element: gather(batch) for element, batch in element_batch.items()}
+    node_counts = torch.bincount(node_batch, minlength=molecules)
+    old_node_start = node_counts.cumsum(0) - node_counts
     new_node_counts = node_counts[molecule_index]
     new_node_start = new_node_counts.cumsum(0) - new_node_counts
+    new_edge_batch = gathered["edge"][1]
+    # Edge indices move with their molecule's first node.
     shift = new_node_start[new_edge_batch] - old_node_start[molecule_index][new_edge_batch]
-    selected = {
-        "graph_node_features": graph_inputs["graph_node_features"][node_source],
-        "graph_edge_index": graph_inputs["graph_edge_index"][:, edge_source] + shift,
-        "graph_edge_features": graph_inputs["graph_edge_features"][edge_source],
-        "graph_node_batch": new_node_batch,
-    }
-    if graph_inputs.get("graph_motif_features") is not None:
-        motif_source, new_motif_batch = gather(graph_inputs["graph_motif_batch"])
-        selected["graph_motif_features"] = graph_inputs["graph_motif_features"][motif_source]
-        selected["graph_motif_batch"] = new_motif_batch
+    selected = {}
+    for spec in GRAPH_INPUTS:
+        if spec.element not in gathered or graph_inputs.get(spec.name) is None:
+            continue
+        source, new_batch = gathered[spec.element]
+        if spec.kind == "batch":
+            selected[spec.name] = new_batch
+        elif spec.kind == "edge_index":
+            selected[spec.name] = graph_inputs[spec.name][:, source] + shift
+        else:
+            selected[spec.name] = graph_inputs[spec.name][source]
     return selected
 
 
@@ -400,10 +406,9 @@ class LlamoModel(LlamoPreTrainedModel):
         """Encode a batch of molecules and project them to graph tokens (`graph_features`: slot order, LLM width)."""
         if self.projector is None:
             raise ValueError("this LLaMo model has projector_type='none': it reads SMILES text only, not graphs")
-        num_molecules = int(graph_node_batch[-1]) + 1 if graph_node_batch.numel() else 0
         levels = self.graph_encoder(graph_node_features, graph_edge_index, graph_edge_features)
         return self.projector(
-            levels, graph_node_batch, num_molecules, graph_motif_features, graph_motif_batch, output_attentions
+            levels, graph_node_batch, num_molecules(graph_node_batch), graph_motif_features, graph_motif_batch, output_attentions
         )
 
     def get_placeholder_mask(
@@ -443,11 +448,14 @@ class LlamoModel(LlamoPreTrainedModel):
         **kwargs,
     ) -> tuple | LlamoModelOutputWithPast:
         r"""
-        graph_node_features (`torch.LongTensor` of shape `(num_atoms, 9)`): OGB atom features of all molecules.
+        graph_node_features (`torch.LongTensor` of shape `(num_atoms, len(config.atom_feature_vocab_sizes))`): OGB
+            atom features of all molecules.
         graph_edge_index (`torch.LongTensor` of shape `(2, num_edges)`): directed bonds, as indices into the atoms.
-        graph_edge_features (`torch.LongTensor` of shape `(num_edges, 3)`): OGB bond features.
+        graph_edge_features (`torch.LongTensor` of shape `(num_edges, len(config.bond_feature_vocab_sizes))`): OGB
+            bond features.
         graph_node_batch (`torch.LongTensor` of shape `(num_atoms,)`): molecule index of each atom.
-        graph_motif_features (`torch.FloatTensor` of shape `(num_motifs, 73)`): functional-group descriptors.
+        graph_motif_features (`torch.FloatTensor` of shape `(num_motifs, config.motif_feature_size)`): functional-group
+            descriptors.
         graph_motif_batch (`torch.LongTensor` of shape `(num_motifs,)`): molecule index of each motif.
         output_projector_attentions (`bool`): also return the projector's cross-attention weights.
 
@@ -583,12 +591,12 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
 
     def _molecule_sample_index(self, input_ids: torch.LongTensor, node_batch: torch.LongTensor) -> torch.LongTensor:
         """Sample (row of `input_ids`) that each molecule's graph-token slots sit in."""
-        num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+        molecules = num_molecules(node_batch)
         tokens_per_molecule = self.config.num_graph_tokens
         if tokens_per_molecule is None:  # one token per atom
-            slots = torch.bincount(node_batch, minlength=num_molecules)
+            slots = torch.bincount(node_batch, minlength=molecules)
         else:
-            slots = torch.full((num_molecules,), tokens_per_molecule, device=input_ids.device)
+            slots = torch.full((molecules,), tokens_per_molecule, device=input_ids.device)
         molecule_end = slots.cumsum(0)
         sample_end = (input_ids == self.config.graph_token_id).sum(dim=1).cumsum(0)
         return torch.searchsorted(sample_end, molecule_end.to(sample_end.device))

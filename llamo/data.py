@@ -33,7 +33,8 @@ import datasets
 import torch
 from rdkit import Chem
 
-from featurization_llamo import MOTIF_FEATURE_SIZE, parse_smiles
+from configuration_llamo import GRAPH_INPUTS, num_molecules
+from featurization_llamo import join_graph_inputs, parse_smiles
 
 
 FORMATS = ("messages", "instruction", "caption", "iupac", "property", "mol_instructions")
@@ -369,31 +370,31 @@ def conversation_with_molecules(smiles: list[str], messages: list[dict]) -> list
     return chat
 
 
+def _graph_column(dtype: str, kind: str) -> datasets.List:
+    """`datasets` type of one graph input stored per conversation: a list (batch vectors) or a list of lists."""
+    value = datasets.Value(dtype)
+    return datasets.List(value) if kind == "batch" else datasets.List(datasets.List(value))
+
+
 ENCODED_FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int64")),
         "labels": datasets.List(datasets.Value("int64")),
-        "graph_node_features": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_edge_index": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_edge_features": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_node_batch": datasets.List(datasets.Value("int64")),
-        "graph_motif_features": datasets.List(datasets.List(datasets.Value("float32"))),
-        "graph_motif_batch": datasets.List(datasets.Value("int64")),
+        **{spec.name: _graph_column(spec.dtype, spec.kind) for spec in GRAPH_INPUTS},
         "num_molecules": datasets.Value("int64"),
         "task": datasets.Value("string"),
         "skip_reason": datasets.Value("string"),
         "skip_detail": datasets.Value("string"),
     }
 )
+# The graph inputs of a conversation without molecules (edge_index keeps its two rows).
+EMPTY_GRAPH_ROW = {spec.name: [[], []] if spec.kind == "edge_index" else [] for spec in GRAPH_INPUTS}
 
 
 def encode_conversation(smiles: list[str], messages: list[dict], processor, max_length: int | None) -> dict[str, Any]:
     """Token ids, labels (assistant tokens only; -100 elsewhere, graph slots included) and the molecules' graph
     tensors of one conversation; `skip_reason` / `skip_detail` say why it cannot be used."""
-    empty = {
-        "input_ids": [], "labels": [], "graph_node_features": [], "graph_edge_index": [[], []], "graph_edge_features": [],
-        "graph_node_batch": [], "graph_motif_features": [], "graph_motif_batch": [], "num_molecules": 0,
-    }  # fmt: skip
+    empty = {"input_ids": [], "labels": [], **EMPTY_GRAPH_ROW, "num_molecules": 0}
     try:
         chat = conversation_with_molecules(smiles, messages)
         encoded = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
@@ -408,9 +409,9 @@ def encode_conversation(smiles: list[str], messages: list[dict], processor, max_
     if all(label == -100 for label in labels):
         return {**empty, "skip_reason": "no answer token within max_length", "skip_detail": f"max_length={max_length}"}
     row = {**empty, "input_ids": ids, "labels": labels, "skip_reason": "", "skip_detail": ""}
-    if "graph_node_features" in encoded:
-        row.update({key: encoded[key].tolist() for key in empty if key.startswith("graph_")})
-        row["num_molecules"] = int(encoded["graph_node_batch"].max()) + 1
+    if "graph_node_batch" in encoded:
+        row.update({name: encoded[name].tolist() for name in EMPTY_GRAPH_ROW})
+        row["num_molecules"] = num_molecules(encoded["graph_node_batch"])
     return row
 
 
@@ -461,22 +462,5 @@ class LlamoDataCollator:
 
     @staticmethod
     def _join_graphs(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        node_features, edge_index, edge_features, node_batch, motif_features, motif_batch = [], [], [], [], [], []
-        nodes = molecules = 0
-        for example in examples:
-            node_features.append(torch.as_tensor(example["graph_node_features"], dtype=torch.long).view(-1, 9))
-            edge_index.append(torch.as_tensor(example["graph_edge_index"], dtype=torch.long).view(2, -1) + nodes)
-            edge_features.append(torch.as_tensor(example["graph_edge_features"], dtype=torch.long).view(-1, 3))
-            node_batch.append(torch.as_tensor(example["graph_node_batch"], dtype=torch.long) + molecules)
-            motif_features.append(torch.as_tensor(example["graph_motif_features"], dtype=torch.float32).view(-1, MOTIF_FEATURE_SIZE))
-            motif_batch.append(torch.as_tensor(example["graph_motif_batch"], dtype=torch.long) + molecules)
-            nodes += node_features[-1].shape[0]
-            molecules += example["num_molecules"]
-        return {
-            "graph_node_features": torch.cat(node_features),
-            "graph_edge_index": torch.cat(edge_index, dim=1),
-            "graph_edge_features": torch.cat(edge_features),
-            "graph_node_batch": torch.cat(node_batch),
-            "graph_motif_features": torch.cat(motif_features),
-            "graph_motif_batch": torch.cat(motif_batch),
-        }
+        """The examples' molecules as one batch of graph inputs (the processor's batching, `join_graph_inputs`)."""
+        return join_graph_inputs(examples)
