@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -85,16 +86,55 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llamo.LlamoForConditionalGeneration",
 }
 
-# projector_type -> what the graph tokens are made of (paper, Table 4)
-PROJECTOR_TYPES = (
-    "multilevel",  # MGProj: learned queries per GNN level + motif queries, cross-attention (the paper's model)
-    "multilevel_no_motif",  # MGProj without the functional-group tokens
-    "mlp_low",  # one token per atom: MLP on the lowest level (atom embeddings before message passing)
-    "mlp_high",  # one token per atom: MLP on the last GNN layer
-    "mlp_concat",  # one token per atom: MLP on all levels concatenated
-    "resampler",  # learned queries cross-attending the last GNN layer, as many tokens as `multilevel`
-    "none",  # no graph at all: the language model reads the SMILES text only
-)
+@dataclass(frozen=True)
+class ProjectorSpec:
+    """What a `projector_type` means outside the model code: how many graph-token slots the processor writes per
+    molecule, which graph inputs it reads, whether it has attention maps to draw. `modeling_llamo.PROJECTORS` maps
+    the same names to the modules that implement them (the configuration must load without the model's imports).
+
+    Args:
+        description: what the graph tokens are made of (paper, Table 4).
+        graph_tokens: tokens per molecule as a function of the config; `None`: one token per atom.
+        uses_graph: `False` for the text-only model (no graph encoder, no projector).
+        uses_motifs: reads the functional-group inputs (`graph_motif_*`).
+        attention_levels: `"all"` (one cross-attention map per GNN level), `"last"` (one map, over the last GNN
+            layer) or `None` (no cross-attention).
+    """
+
+    description: str
+    graph_tokens: Callable[[PreTrainedConfig], int] | None
+    uses_graph: bool = True
+    uses_motifs: bool = False
+    attention_levels: str | None = None
+
+
+def _level_query_tokens(config: PreTrainedConfig) -> int:
+    return config.num_query_tokens_per_level * config.num_graph_levels
+
+
+def _level_and_motif_query_tokens(config: PreTrainedConfig) -> int:
+    return _level_query_tokens(config) + config.num_motif_query_tokens
+
+
+# projector_type -> its spec; the first is the paper's model.
+PROJECTOR_SPECS = {
+    "multilevel": ProjectorSpec(
+        "MGProj: learned queries per GNN level + motif queries, cross-attention (the paper's model)",
+        _level_and_motif_query_tokens, uses_motifs=True, attention_levels="all",
+    ),
+    "multilevel_no_motif": ProjectorSpec(
+        "MGProj without the functional-group tokens", _level_query_tokens, attention_levels="all"
+    ),
+    "mlp_low": ProjectorSpec("one token per atom: MLP on the lowest level (atom embeddings before message passing)", None),
+    "mlp_high": ProjectorSpec("one token per atom: MLP on the last GNN layer", None),
+    "mlp_concat": ProjectorSpec("one token per atom: MLP on all levels concatenated", None),
+    "resampler": ProjectorSpec(
+        "learned queries cross-attending the last GNN layer, as many tokens as `multilevel`",
+        _level_and_motif_query_tokens, attention_levels="last",
+    ),
+    "none": ProjectorSpec("no graph at all: the language model reads the SMILES text only", lambda config: 0, uses_graph=False),
+}  # fmt: skip
+PROJECTOR_TYPES = tuple(PROJECTOR_SPECS)
 
 
 class LlamoConfig(PreTrainedConfig):
@@ -167,8 +207,8 @@ class LlamoConfig(PreTrainedConfig):
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def _check_values(self) -> None:
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.projector_type not in PROJECTOR_SPECS:
+            raise ValueError(f"projector_type must be one of {tuple(PROJECTOR_SPECS)}, got {self.projector_type!r}")
         if self.gnn_num_layers < 1 or self.gnn_hidden_size < 1:
             raise ValueError(
                 f"gnn_num_layers and gnn_hidden_size must be positive, got {self.gnn_num_layers} and {self.gnn_hidden_size}"
@@ -193,23 +233,26 @@ class LlamoConfig(PreTrainedConfig):
         return self.gnn_num_layers + 1
 
     @property
+    def projector_spec(self) -> ProjectorSpec:
+        """What this `projector_type` gives (`PROJECTOR_SPECS`)."""
+        return PROJECTOR_SPECS[self.projector_type]
+
+    @property
+    def uses_graph(self) -> bool:
+        return self.projector_spec.uses_graph
+
+    @property
     def uses_motifs(self) -> bool:
-        return self.projector_type == "multilevel"
+        return self.projector_spec.uses_motifs
 
     @property
     def num_graph_tokens(self) -> int | None:
         """Graph-token slots per molecule: fixed for the query-based projectors (28 with the defaults), 0 for
         `none`, and `None` for the per-atom MLP projectors, which give one token per atom."""
-        if self.projector_type == "none":
-            return 0
-        if self.projector_type.startswith("mlp_"):
-            return None
-        level_tokens = self.num_query_tokens_per_level * self.num_graph_levels
-        if self.projector_type == "multilevel_no_motif":
-            return level_tokens
-        return level_tokens + self.num_motif_query_tokens  # multilevel, and resampler with the same count
+        count = self.projector_spec.graph_tokens
+        return None if count is None else count(self)
 
 
 LlamoConfig.register_for_auto_class()
 
-__all__ = ["LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_TYPES", "num_molecules"]
+__all__ = ["LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_SPECS", "PROJECTOR_TYPES", "ProjectorSpec", "num_molecules"]

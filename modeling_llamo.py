@@ -168,12 +168,42 @@ def attend_to_sets(
     return attended, weights
 
 
-class LlamoMultiLevelProjector(nn.Module):
+class LlamoProjector(nn.Module):
+    """Interface of the graph projectors: the GIN's levels of a batch of molecules -> graph tokens at the LLM's width.
+
+    A projector is built from the config alone, is registered in `PROJECTORS` under the `projector_type` names it
+    implements (`configuration_llamo.PROJECTOR_SPECS` says, for the processor and the tools, how many tokens each
+    makes, whether it reads motifs and has attention maps), initializes its own parameters in
+    `init_projector_weights`, and returns a `LlamoGraphOutput` whose `graph_features` are
+    `config.num_graph_tokens` rows per molecule (one per atom when that is `None`), molecule by molecule.
+    """
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        self.use_motifs = config.uses_motifs
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        """Initialize the parameters this module owns directly (called by `LlamoPreTrainedModel._init_weights`
+        after the generic rules for Linear, LayerNorm, attention, ...)."""
+
+    def forward(
+        self,
+        levels: tuple[torch.Tensor, ...],
+        node_batch: torch.LongTensor,
+        num_molecules: int,
+        motif_features: torch.Tensor | None = None,
+        motif_batch: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+    ) -> LlamoGraphOutput:
+        raise NotImplementedError
+
+
+class LlamoMultiLevelProjector(LlamoProjector):
     """MGProj: learned queries per GNN level (and over functional-group motifs) cross-attend the molecule; the
     resulting tokens are normalized and mapped to the LLM's width. With the defaults: 6 x 4 + 4 = 28 tokens."""
 
-    def __init__(self, config: LlamoConfig, use_motifs: bool):
-        super().__init__()
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
         hidden, heads = config.gnn_hidden_size, config.projector_num_heads
         self.num_levels = config.num_graph_levels
         self.motif_tokens_first = config.motif_tokens_first
@@ -182,12 +212,16 @@ class LlamoMultiLevelProjector(nn.Module):
         self.level_attentions = nn.ModuleList(
             nn.MultiheadAttention(hidden, heads, batch_first=True) for _ in range(num_attentions)
         )
-        if use_motifs:
+        if self.use_motifs:
             self.motif_embedding = nn.Linear(config.motif_feature_size, hidden, bias=False)
             self.motif_queries = nn.Parameter(torch.empty(config.num_motif_query_tokens, hidden))
             self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.use_motifs = use_motifs
         self.head = LlamoGraphTokenHead(hidden, config)
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        init.normal_(self.level_queries, mean=0.0, std=config.query_init_std)
+        if self.use_motifs:
+            init.normal_(self.motif_queries, mean=0.0, std=config.query_init_std)
 
     def forward(
         self,
@@ -250,15 +284,18 @@ class LlamoMultiLevelProjector(nn.Module):
         return attend_to_sets(self.motif_attention, queries, dense, motif_mask, output_attentions)
 
 
-class LlamoResamplerProjector(nn.Module):
+class LlamoResamplerProjector(LlamoProjector):
     """Ablation: one set of learned queries cross-attending the last GNN layer (no levels, no motifs)."""
 
     def __init__(self, config: LlamoConfig):
-        super().__init__()
+        super().__init__(config)
         hidden = config.gnn_hidden_size
         self.queries = nn.Parameter(torch.empty(config.num_graph_tokens, hidden))
         self.attention = nn.MultiheadAttention(hidden, config.projector_num_heads, batch_first=True)
         self.head = LlamoGraphTokenHead(hidden, config)
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        init.normal_(self.queries, mean=0.0, std=config.query_init_std)
 
     def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
         dense, atom_mask = to_dense_batch(levels[-1], node_batch, batch_size=num_molecules)
@@ -271,11 +308,11 @@ class LlamoResamplerProjector(nn.Module):
         )
 
 
-class LlamoNodeProjector(nn.Module):
+class LlamoNodeProjector(LlamoProjector):
     """Ablation: one graph token per atom, an MLP on the lowest, the highest or all levels concatenated."""
 
     def __init__(self, config: LlamoConfig):
-        super().__init__()
+        super().__init__(config)
         self.levels = {"mlp_low": "low", "mlp_high": "high", "mlp_concat": "concat"}[config.projector_type]
         width = config.gnn_hidden_size * (config.num_graph_levels if self.levels == "concat" else 1)
         self.head = LlamoGraphTokenHead(width, config)
@@ -288,14 +325,25 @@ class LlamoNodeProjector(nn.Module):
         return LlamoGraphOutput(graph_features=self.head(nodes), node_states=levels)
 
 
-def build_projector(config: LlamoConfig) -> nn.Module | None:
-    if config.projector_type == "none":
+# projector_type -> implementation, for every type of `PROJECTOR_SPECS` that reads the graph (tests check they agree).
+# A new projector: a `LlamoProjector` subclass, its entry here and its `ProjectorSpec` in configuration_llamo.
+PROJECTORS: dict[str, type[LlamoProjector]] = {
+    "multilevel": LlamoMultiLevelProjector,
+    "multilevel_no_motif": LlamoMultiLevelProjector,
+    "mlp_low": LlamoNodeProjector,
+    "mlp_high": LlamoNodeProjector,
+    "mlp_concat": LlamoNodeProjector,
+    "resampler": LlamoResamplerProjector,
+}
+
+
+def build_projector(config: LlamoConfig) -> LlamoProjector | None:
+    """The config's projector, or None for a text-only model."""
+    if not config.uses_graph:
         return None
-    if config.projector_type == "resampler":
-        return LlamoResamplerProjector(config)
-    if config.projector_type.startswith("mlp_"):
-        return LlamoNodeProjector(config)
-    return LlamoMultiLevelProjector(config, use_motifs=config.uses_motifs)
+    if config.projector_type not in PROJECTORS:
+        raise ValueError(f"projector_type {config.projector_type!r} has no implementation in PROJECTORS ({', '.join(PROJECTORS)})")
+    return PROJECTORS[config.projector_type](config)
 
 
 def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index: torch.LongTensor) -> dict[str, torch.Tensor]:
@@ -357,13 +405,8 @@ class LlamoPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm
-        std = self.config.query_init_std
-        if isinstance(module, LlamoMultiLevelProjector):
-            init.normal_(module.level_queries, mean=0.0, std=std)
-            if module.use_motifs:
-                init.normal_(module.motif_queries, mean=0.0, std=std)
-        elif isinstance(module, LlamoResamplerProjector):
-            init.normal_(module.queries, mean=0.0, std=std)
+        if isinstance(module, LlamoProjector):
+            module.init_projector_weights(self.config)  # the learned queries: each projector knows its own
         elif isinstance(module, GINEConv) and isinstance(module.eps, nn.Parameter):
             init.zeros_(module.eps)
 
@@ -376,7 +419,7 @@ class LlamoModel(LlamoPreTrainedModel):
         # The language model is registered first: `model.dtype` (saved as the checkpoint's dtype) is that of the
         # first parameter, and the GIN stays fp32 in a bf16 model.
         self.language_model = AutoModel.from_config(config.text_config)
-        self.graph_encoder = LlamoGraphEncoder(config) if config.projector_type != "none" else None
+        self.graph_encoder = LlamoGraphEncoder(config) if config.uses_graph else None
         self.projector = build_projector(config)
         self.post_init()
 
@@ -610,5 +653,7 @@ __all__ = [
     "LlamoForConditionalGeneration",
     "LlamoModel",
     "LlamoPreTrainedModel",
+    "PROJECTORS",
+    "LlamoProjector",
     "select_graph_molecules",
 ]

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Traine
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
+from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
@@ -137,7 +137,8 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
         model = LlamoForConditionalGeneration.from_pretrained(model_args.init_from, dtype=model_args.dtype)
         # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
         return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
-    if model_args.stage == 1 and model_args.projector_type == "none":
+    spec = PROJECTOR_SPECS.get(model_args.projector_type)
+    if model_args.stage == 1 and spec is not None and not spec.uses_graph:
         raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
     if model_args.llm is None:
         return build_tiny_llamo(projector_type=model_args.projector_type, **parse_config_overrides(model_args.config_overrides))
