@@ -13,8 +13,9 @@ model's forward only ever sees the integer / float tensors produced here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,13 @@ try:  # loaded as remote code (a package next to the weights)
         num_molecules,
     )
 except ImportError:  # imported as a plain module from the repository root
-    from configuration_llamo import ATOM_FEATURE_VOCAB_SIZES, BOND_FEATURE_VOCAB_SIZES, GRAPH_INPUTS, MOTIF_FEATURE_SIZE, num_molecules
+    from configuration_llamo import (
+        ATOM_FEATURE_VOCAB_SIZES,
+        BOND_FEATURE_VOCAB_SIZES,
+        GRAPH_INPUTS,
+        MOTIF_FEATURE_SIZE,
+        num_molecules,
+    )
 
 _CHIRALITY_INDEX = {
     Chem.ChiralType.CHI_UNSPECIFIED: 0,
@@ -299,7 +306,7 @@ def _marker_list(tables: MoleculeTables) -> list[bool]:
     begin, end, bond_types = tables.bonds[:3].tolist()
     marked = [number != 6 for number in numbers]  # [!#6]
     for first, second, bond_type in zip(begin, end, bond_types):
-        if bond_type == _DOUBLE or bond_type == _TRIPLE:  # *=,#*
+        if bond_type in (_DOUBLE, _TRIPLE):  # *=,#*
             marked[first] = marked[second] = True
     # [CX4]([O,N,S])[O,N,S]: an aliphatic carbon of total degree 4 with two aliphatic O / N / S neighbours joined by
     # SMARTS' default bond (single or aromatic)
@@ -310,7 +317,7 @@ def _marker_list(tables: MoleculeTables) -> list[bool]:
     }
     if carbons:
         for first, second, bond_type in zip(begin, end, bond_types):
-            if bond_type == _SINGLE or bond_type == _AROMATIC:
+            if bond_type in (_SINGLE, _AROMATIC):
                 for carbon, neighbour in ((first, second), (second, first)):
                     if carbon in carbons and numbers[neighbour] in (7, 8, 16) and not aromatic[neighbour]:
                         carbons[carbon] += 1

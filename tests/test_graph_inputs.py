@@ -47,7 +47,9 @@ def test_widths_come_from_the_config_or_the_ogb_defaults():
     assert shapes["graph_node_batch"] == (-1,) and shapes["graph_node_features"] == (-1, 9)
 
 
-@pytest.mark.parametrize("batch, count", [([], 0), ([0], 1), ([0, 0, 1, 2, 2], 3), (torch.tensor([0, 1, 1]), 2), (np.zeros(4, np.int64), 1)])
+@pytest.mark.parametrize(
+    "batch, count", [([], 0), ([0], 1), ([0, 0, 1, 2, 2], 3), (torch.tensor([0, 1, 1]), 2), (np.zeros(4, np.int64), 1)]
+)
 def test_num_molecules_reads_the_last_node(batch, count):
     assert num_molecules(batch) == count
 

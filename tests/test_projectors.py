@@ -14,11 +14,13 @@ from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig, P
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import PROJECTORS, LlamoGraphOutput, LlamoGraphTokenHead, LlamoProjector
 
+
 GRAPH_TYPES = [name for name, spec in PROJECTOR_SPECS.items() if spec.uses_graph]
 
 
 def test_the_registry_implements_every_projector_type_that_reads_graphs():
-    assert PROJECTOR_TYPES == tuple(PROJECTOR_SPECS) and PROJECTOR_TYPES[0] == "multilevel"
+    assert tuple(PROJECTOR_SPECS) == PROJECTOR_TYPES
+    assert PROJECTOR_TYPES[0] == "multilevel"
     assert set(PROJECTORS) == set(GRAPH_TYPES) == set(PROJECTOR_TYPES) - {"none"}
     assert all(issubclass(cls, LlamoProjector) for cls in PROJECTORS.values())
 

@@ -41,7 +41,9 @@ def test_formats_convert_rows_through_the_row_view():
     row = Row({"SMILES": " C\\\\C ", "description": "A molecule."}, names)
     (conversation,) = FORMATS["caption"][1](row, random.Random(0))
     assert conversation["smiles"] == ["C\\C"] and conversation["messages"][1] == {"role": "assistant", "content": "A molecule."}
-    assert FORMATS["caption"][1](Row({"SMILES": None, "description": "x"}, names), random.Random(0)) == Skip("missing field", "smiles")
+    assert FORMATS["caption"][1](Row({"SMILES": None, "description": "x"}, names), random.Random(0)) == Skip(
+        "missing field", "smiles"
+    )
 
 
 def test_a_new_format_is_one_function_and_one_entry(monkeypatch, tmp_path):
@@ -49,7 +51,12 @@ def test_a_new_format_is_one_function_and_one_entry(monkeypatch, tmp_path):
         value = row.get("logp")
         if value is None:
             return Skip("missing field", "logp")
-        return [{"smiles": [row.get("smiles")], "messages": [{"role": "user", "content": "logP?"}, {"role": "assistant", "content": f"{value:.1f}"}]}]
+        return [
+            {
+                "smiles": [row.get("smiles")],
+                "messages": [{"role": "user", "content": "logP?"}, {"role": "assistant", "content": f"{value:.1f}"}],
+            }
+        ]
 
     registry = {"logp": (lambda names: "logp" in names, logp_format), **FORMATS}  # first: detected before the others
     monkeypatch.setattr(data, "FORMATS", registry)
