@@ -72,7 +72,7 @@ class LlamoModelArguments:
 class LlamoDataArguments:
     datasets: list[str] = field(
         default_factory=list,
-        metadata={"help": "Training data: '[format:]path_or_hub_id[@weight]' ... (formats and columns: llamo_data.py)."},
+        metadata={"help": "Training data: '[format:]path_or_hub_id[@weight]' ... (formats and columns: llamo/data.py)."},
     )
     eval_datasets: list[str] = field(default_factory=list, metadata={"help": "Evaluation data, same syntax."})
     eval_fraction: float = field(
@@ -277,11 +277,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    # We featurize and tokenize ourselves (llamo_data), and our collator needs the graph columns.
+    # We featurize and tokenize ourselves (llamo.data), and our collator needs the graph columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
     if not data_args.datasets:
-        raise ValueError("pass training data with --datasets (see llamo_data.py for the formats)")
+        raise ValueError("pass training data with --datasets (see llamo/data.py for the formats)")
     if model_args.keep_adapter and (model_args.stage != 2 or model_args.init_from is None):
         raise ValueError("--keep_adapter saves a LoRA adapter over the stage-1 folder: it needs --stage 2 --init_from")
     started = time.time()

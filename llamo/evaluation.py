@@ -7,7 +7,7 @@
     llamo-eval --baseline morgan_nn --train_datasets caption:chebi20_train.tsv \\
         --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/retrieval
 
-Data are read with the training loaders (`llamo_data`, same `[format:]path` syntax as `train_sft.py`). Writes
+Data are read with the training loaders (`llamo.data`, same `[format:]path` syntax as `train_sft.py`). Writes
 `predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json` (metrics per task, rows
 skipped, settings, timings). Metrics per task family (`llamo/metrics.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
 IUPAC names -> exact match + text metrics; properties -> MAE with unparsable answers counted; molecule answers
