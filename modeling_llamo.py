@@ -8,6 +8,7 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,19 @@ class LlamoCategoricalEmbedding(nn.Module):
         return sum(embedding(features[:, column]) for column, embedding in enumerate(self.embeddings))
 
 
+def gathered_for_initialization(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which `module`'s parameters partitioned by DeepSpeed ZeRO-3 (`zero.Init`) are whole and can be
+    re-initialized (rank 0's values are kept); a no-op otherwise."""
+    partitioned = [parameter for parameter in module.parameters() if hasattr(parameter, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    try:
+        import deepspeed
+    except ImportError as error:  # parameters with `ds_id` only exist when DeepSpeed is installed
+        raise RuntimeError("partitioned parameters without DeepSpeed") from error
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
+
 class LlamoGINLayer(nn.Module):
     """GINE layer of LLaMo's GIN: h' = BN(MLP((1 + eps) h + sum_j ReLU(h_j + BondEmb(e_ij)))), own bond embedding."""
 
@@ -93,7 +107,10 @@ class LlamoGINLayer(nn.Module):
         mlp = nn.Sequential(
             nn.Linear(hidden, 2 * hidden), BatchNorm(2 * hidden, allow_single_element=True), nn.ReLU(), nn.Linear(2 * hidden, hidden)
         )
-        self.conv = GINEConv(mlp, train_eps=True)
+        # PyG's GINEConv re-initializes `mlp` in its constructor; under DeepSpeed ZeRO-3's `zero.Init` its parameters
+        # are already partitioned (empty) by then, so they are gathered for it.
+        with gathered_for_initialization(mlp):
+            self.conv = GINEConv(mlp, train_eps=True)
         # A batch holding a single atom (one water molecule) uses the running statistics instead of failing.
         self.batch_norm = BatchNorm(hidden, allow_single_element=True)
         self.dropout = nn.Dropout(config.gnn_dropout)

@@ -36,6 +36,7 @@ from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
+from llamo.saving import save_final_model
 from llamo.tiny import build_tiny_llamo
 
 
@@ -323,10 +324,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         resume = get_last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
 
-    final_model = trainer.model
-    if model_args.stage == 2 and not model_args.keep_adapter:
-        final_model = final_model.merge_and_unload()
     output_dir = pathlib.Path(training_args.output_dir)
+    # Gathered on every rank (ZeRO-3 / FSDP shards), written by rank 0 atomically and verified (llamo/saving.py).
+    final_model = save_final_model(
+        trainer.accelerator.unwrap_model(trainer.model),
+        output_dir,
+        merge=model_args.stage == 2 and not model_args.keep_adapter,
+        processor=processor,
+    )
     summary = {
         "output_dir": str(output_dir),
         "stage": model_args.stage,
@@ -343,13 +348,12 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     }
     trainer.card_info = card_info(model, model_args, data_args, training_args, summary, trainer)
     if trainer.is_world_process_zero():
-        final_model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
         trainer.create_model_card()
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary, skipped)
     if training_args.push_to_hub:
-        trainer.model = trainer.model_wrapped = final_model  # upload the merged weights, not the adapter
+        if final_model is not None:  # rank 0: upload the saved (merged, whole) weights, not the adapter or shards
+            trainer.model = trainer.model_wrapped = final_model
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
     return summary
 
