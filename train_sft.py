@@ -36,7 +36,7 @@ from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
-from llamo.saving import save_final_model
+from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.tiny import build_tiny_llamo
 
 
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    refuse_unsupported_engines(training_args)
     # We featurize and tokenize ourselves (llamo_data), and our collator needs the graph columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False

@@ -31,6 +31,7 @@ from torch import nn
 CONFIG_FILES = ("config.json", "adapter_config.json")  # what makes a folder loadable: published last
 WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "adapter_model*.safetensors", "pytorch_model*.bin")
 INCOMPLETE_DIR = ".incomplete-final-save"
+PARAMETER_KINDS = {"zero3": "partitioned by DeepSpeed ZeRO-3", "fsdp2": "sharded DTensors", "local": "whole on every rank"}
 
 
 class SavedModelError(RuntimeError):
@@ -53,6 +54,18 @@ def engine_of(model: nn.Module) -> str:
     if any(type(parameter).__name__ == "FlatParameter" for parameter in parameters):
         return "fsdp1"
     return "local"
+
+
+def refuse_unsupported_engines(training_args) -> None:
+    """Fail before any compute on an engine whose saving is known wrong: FSDP1 (PEFT's auto-wrap unshards
+    `nn.MultiheadAttention.out_proj` on its own, and flat parameters need FSDP1's own state-dict API). FSDP2 is
+    the supported path."""
+    launched_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    version = os.environ.get("FSDP_VERSION") if launched_fsdp else None
+    if training_args.fsdp and not launched_fsdp:
+        version = str((training_args.fsdp_config or {}).get("version", 2))
+    if version == "1":
+        raise ValueError("FSDP1 is not supported by train_sft.py: set `fsdp_version: 2` (configs/accelerate/fsdp.yaml)")
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,9 +130,9 @@ def rebuild_model(trained: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
         if buffer.is_meta:
             module_name, _, buffer_name = name.rpartition(".")
             model.get_submodule(module_name)._buffers[buffer_name] = trained_buffers[name].detach().cpu().clone()
-    for key in ("_weight_conversions",):  # how checkpoint keys map on save (set by `from_pretrained(key_mapping=...)`)
-        if hasattr(base, key):
-            setattr(model.get_base_model() if isinstance(model, PeftModel) else model, key, getattr(base, key))
+    # Written in LLaMo's own key layout, whatever renaming loaded the trained model (an LLM's `key_mapping` in
+    # stage 1; a prefix change under ZeRO-3): no conversion is reverted on save.
+    (model.get_base_model() if isinstance(model, PeftModel) else model)._weight_conversions = []
     return model.eval()
 
 
@@ -189,9 +202,11 @@ def save_final_model(trained: nn.Module, output_dir: str | os.PathLike, merge: b
     rank 0 (whole, on the CPU, e.g. for `push_to_hub`) and None elsewhere. Raises `SavedModelError` when what was
     written is not the model.
     """
+    engine = engine_of(trained)
     state = full_state_dict(trained)
     if not is_main_process():
         return None
+    print(f"final model: gathered from {engine} parameters ({PARAMETER_KINDS[engine]})", flush=True)
     model = rebuild_model(trained, state)
     del state
     if merge:
