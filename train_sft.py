@@ -55,6 +55,9 @@ class LlamoModelArguments:
         default=None, metadata={"help": "New models: LlamoConfig fields as 'gnn_hidden_size=64,motif_tokens_first=false'."}
     )
     dtype: str = field(default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16, float16."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel of the language model: sdpa, flash_attention_2, eager (default: transformers' choice)."}
+    )
     train_input_embeddings: bool = field(
         default=False, metadata={"help": "Stage 1: also train the LLM's input embeddings (the released code does)."}
     )
@@ -101,7 +104,11 @@ def build_llamo_around_llm(llm: str, model_args: LlamoModelArguments) -> tuple[L
     # Load the LLM's checkpoint straight into LLaMo: its backbone keys become `model.language_model.*`.
     prefix = AutoModelForCausalLM._model_mapping[type(llm_config)].base_model_prefix
     model = LlamoForConditionalGeneration.from_pretrained(
-        llm, config=config, key_mapping={rf"^{prefix}\.": "model.language_model."}, dtype=model_args.dtype
+        llm,
+        config=config,
+        key_mapping={rf"^{prefix}\.": "model.language_model."},
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
     )
     # The checkpoint we write is in LLaMo's own layout: do not rename the keys back to the LLM's on save.
     model._weight_conversions = []
@@ -135,7 +142,9 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     if model_args.init_from is not None:
         if model_args.stage == 1:
             raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
-        model = LlamoForConditionalGeneration.from_pretrained(model_args.init_from, dtype=model_args.dtype)
+        model = LlamoForConditionalGeneration.from_pretrained(
+            model_args.init_from, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+        )
         # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
         return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
     if model_args.stage == 1 and model_args.projector_type == "none":
