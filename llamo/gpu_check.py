@@ -150,10 +150,8 @@ def run_zero2(args, stage1: pathlib.Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.cpu:
         env["DS_ACCELERATOR"] = "cpu"
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
-    result = json.loads(result_file.read_text())
-    print_result(result)
-    return result
+    subprocess.run(command, check=True, env=env, cwd=ROOT)  # the worker prints its line
+    return json.loads(result_file.read_text())
 
 
 def generation_check(args, folder: pathlib.Path, batch_size: int = 8, new_tokens: int = 64) -> dict:
@@ -229,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     llm = args.output_dir / "llm"
     parameters = make_llm(llm, args.tiny, torch.float32 if args.cpu else torch.bfloat16)
     print(f"[gpu_check] random Llama-shaped LM: {parameters / 1e6:,.1f}M parameters -> {llm}", flush=True)
-    make_data(args.data, molecules=64 if args.tiny else 400)
+    make_data(args.data, molecules=16 if args.tiny else 400)
 
     results = []
     stage1 = None

@@ -40,10 +40,11 @@ def shard(model: torch.nn.Module) -> list[str]:
     policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     wrapped = [module for module in model.modules() if policy(module)]
+    names = sorted({type(module).__name__ for module in wrapped})  # before fully_shard renames the classes
     for module in reversed(wrapped):
         fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    return sorted({type(module).__name__ for module in wrapped})
+    return names
 
 
 def main() -> None:
