@@ -8,6 +8,7 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +84,19 @@ class LlamoCategoricalEmbedding(nn.Module):
         return sum(embedding(features[:, column]) for column, embedding in enumerate(self.embeddings))
 
 
+def gathered_for_initialization(module: nn.Module) -> contextlib.AbstractContextManager:
+    """Context in which `module`'s parameters partitioned by DeepSpeed ZeRO-3 (`zero.Init`) are whole and can be
+    re-initialized (rank 0's values are kept); a no-op otherwise."""
+    partitioned = [parameter for parameter in module.parameters() if hasattr(parameter, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    try:
+        import deepspeed
+    except ImportError as error:  # parameters with `ds_id` only exist when DeepSpeed is installed
+        raise RuntimeError("partitioned parameters without DeepSpeed") from error
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
+
 class LlamoGINLayer(nn.Module):
     """GINE layer of LLaMo's GIN: h' = BN(MLP((1 + eps) h + sum_j ReLU(h_j + BondEmb(e_ij)))), own bond embedding."""
 
@@ -93,7 +107,10 @@ class LlamoGINLayer(nn.Module):
         mlp = nn.Sequential(
             nn.Linear(hidden, 2 * hidden), BatchNorm(2 * hidden, allow_single_element=True), nn.ReLU(), nn.Linear(2 * hidden, hidden)
         )
-        self.conv = GINEConv(mlp, train_eps=True)
+        # PyG's GINEConv re-initializes `mlp` in its constructor; under DeepSpeed ZeRO-3's `zero.Init` its parameters
+        # are already partitioned (empty) by then, so they are gathered for it.
+        with gathered_for_initialization(mlp):
+            self.conv = GINEConv(mlp, train_eps=True)
         # A batch holding a single atom (one water molecule) uses the running statistics instead of failing.
         self.batch_norm = BatchNorm(hidden, allow_single_element=True)
         self.dropout = nn.Dropout(config.gnn_dropout)
@@ -110,6 +127,9 @@ class LlamoGINLayer(nn.Module):
 class LlamoGraphEncoder(nn.Module):
     """GIN over OGB-featurized molecules, returning every level: the atom embeddings and each layer's output."""
 
+    # fp32 island (see `keep_fp32_islands`): BatchNorm statistics and sums over atoms lose too much in bf16.
+    _keep_in_fp32 = ("",)
+
     def __init__(self, config: LlamoConfig):
         super().__init__()
         self.atom_embedding = LlamoCategoricalEmbedding(config.atom_feature_vocab_sizes, config.gnn_hidden_size)
@@ -118,16 +138,29 @@ class LlamoGraphEncoder(nn.Module):
     def forward(
         self, node_features: torch.LongTensor, edge_index: torch.LongTensor, edge_features: torch.LongTensor
     ) -> tuple[torch.Tensor, ...]:
-        hidden_states = self.atom_embedding(node_features)
-        levels = [hidden_states]
-        for index, layer in enumerate(self.layers):
-            hidden_states = layer(hidden_states, edge_index, edge_features, activate=index < len(self.layers) - 1)
-            levels.append(hidden_states)
+        self._align_buffers_with_parameters()
+        # The GIN computes in its own parameters' dtype (fp32 unless an engine cast it), not in autocast's bf16.
+        with torch.autocast(device_type=node_features.device.type, enabled=False):
+            hidden_states = self.atom_embedding(node_features)
+            levels = [hidden_states]
+            for index, layer in enumerate(self.layers):
+                hidden_states = layer(hidden_states, edge_index, edge_features, activate=index < len(self.layers) - 1)
+                levels.append(hidden_states)
         return tuple(levels)
+
+    def _align_buffers_with_parameters(self) -> None:
+        """DeepSpeed's bf16 mode casts the parameters of the whole model, fp32 islands included, but not the BatchNorm
+        statistics (a dtype mismatch error at the first forward). The GIN then computes in bf16 throughout."""
+        dtype = self.atom_embedding.embeddings[0].weight.dtype
+        for buffer in self.buffers():
+            if buffer.is_floating_point() and buffer.dtype != dtype:
+                buffer.data = buffer.data.to(dtype)
 
 
 class LlamoGraphTokenHead(nn.Module):
     """LayerNorm (computed in fp32, as the original) then an MLP from the graph width to the LLM width."""
+
+    _keep_in_fp32 = ("layer_norm",)
 
     def __init__(self, input_size: int, config: LlamoConfig):
         super().__init__()
@@ -143,6 +176,31 @@ class LlamoGraphTokenHead(nn.Module):
             tokens.float(), self.layer_norm.normalized_shape, self.layer_norm.weight.float(), self.layer_norm.bias.float(), self.layer_norm.eps
         )
         return self.mlp(normed.to(self.mlp[0].weight.dtype))
+
+
+def fp32_island_names(model: nn.Module) -> list[str]:
+    """Qualified names of the submodules whose classes declare them fp32 (`_keep_in_fp32`: names relative to the
+    declaring module, "" for the module itself)."""
+    names = []
+    for prefix, module in model.named_modules():
+        for name in getattr(type(module), "_keep_in_fp32", ()):
+            names.append(".".join(part for part in (prefix, name) if part))
+    return names
+
+
+def keep_fp32_islands(model: nn.Module) -> None:
+    """Cast the declared fp32 islands (parameters and floating buffers) to fp32, whatever dtype they were built in.
+
+    `from_pretrained(dtype=torch.bfloat16)` and `dtype="auto"` build every module under a bf16 default dtype, and
+    `_keep_in_fp32_modules_strict` only applies to weights found in the checkpoint: without this, a GIN created
+    fresh around a bf16 LLM (stage 1) would be bf16. Parameters partitioned by DeepSpeed ZeRO-3 (`ds_id`) are left
+    to DeepSpeed, which keeps one dtype for the whole model (see `LlamoGraphEncoder.forward`).
+    """
+    for name in fp32_island_names(model):
+        module = model.get_submodule(name)
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.is_floating_point() and tensor.dtype != torch.float32 and not hasattr(tensor, "ds_id"):
+                tensor.data = tensor.data.float()
 
 
 def attend_to_sets(
@@ -400,7 +458,8 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16.
+    # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16; the
+    # modules declare it themselves (`_keep_in_fp32`) and `LlamoModel` collects the names.
     _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -421,6 +480,9 @@ class LlamoModel(LlamoPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.graph_encoder = LlamoGraphEncoder(config) if config.uses_graph else None
         self.projector = build_projector(config)
+        # Loading keeps checkpoint weights of the fp32 islands in fp32 (dtype plan); new ones are cast here.
+        self._keep_in_fp32_modules_strict = fp32_island_names(self)
+        keep_fp32_islands(self)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

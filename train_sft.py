@@ -36,6 +36,7 @@ from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
+from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.tiny import build_tiny_llamo
 
 
@@ -54,6 +55,9 @@ class LlamoModelArguments:
         default=None, metadata={"help": "New models: LlamoConfig fields as 'gnn_hidden_size=64,motif_tokens_first=false'."}
     )
     dtype: str = field(default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16, float16."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention kernel of the language model: sdpa, flash_attention_2, eager (default: transformers' choice)."}
+    )
     train_input_embeddings: bool = field(
         default=False, metadata={"help": "Stage 1: also train the LLM's input embeddings (the released code does)."}
     )
@@ -100,7 +104,11 @@ def build_llamo_around_llm(llm: str, model_args: LlamoModelArguments) -> tuple[L
     # Load the LLM's checkpoint straight into LLaMo: its backbone keys become `model.language_model.*`.
     prefix = AutoModelForCausalLM._model_mapping[type(llm_config)].base_model_prefix
     model = LlamoForConditionalGeneration.from_pretrained(
-        llm, config=config, key_mapping={rf"^{prefix}\.": "model.language_model."}, dtype=model_args.dtype
+        llm,
+        config=config,
+        key_mapping={rf"^{prefix}\.": "model.language_model."},
+        dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
     )
     # The checkpoint we write is in LLaMo's own layout: do not rename the keys back to the LLM's on save.
     model._weight_conversions = []
@@ -134,7 +142,9 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     if model_args.init_from is not None:
         if model_args.stage == 1:
             raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
-        model = LlamoForConditionalGeneration.from_pretrained(model_args.init_from, dtype=model_args.dtype)
+        model = LlamoForConditionalGeneration.from_pretrained(
+            model_args.init_from, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+        )
         # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
         return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
     spec = PROJECTOR_SPECS.get(model_args.projector_type)
@@ -277,6 +287,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
+    refuse_unsupported_engines(training_args)
     # We featurize and tokenize ourselves (llamo.data), and our collator needs the graph columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
@@ -324,10 +335,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         resume = get_last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
 
-    final_model = trainer.model
-    if model_args.stage == 2 and not model_args.keep_adapter:
-        final_model = final_model.merge_and_unload()
     output_dir = pathlib.Path(training_args.output_dir)
+    # Gathered on every rank (ZeRO-3 / FSDP shards), written by rank 0 atomically and verified (llamo/saving.py).
+    final_model = save_final_model(
+        trainer.accelerator.unwrap_model(trainer.model),
+        output_dir,
+        merge=model_args.stage == 2 and not model_args.keep_adapter,
+        processor=processor,
+    )
     summary = {
         "output_dir": str(output_dir),
         "stage": model_args.stage,
@@ -344,13 +359,12 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     }
     trainer.card_info = card_info(model, model_args, data_args, training_args, summary, trainer)
     if trainer.is_world_process_zero():
-        final_model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
         trainer.create_model_card()
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
         print_summary(summary, skipped)
     if training_args.push_to_hub:
-        trainer.model = trainer.model_wrapped = final_model  # upload the merged weights, not the adapter
+        if final_model is not None:  # rank 0: upload the saved (merged, whole) weights, not the adapter or shards
+            trainer.model = trainer.model_wrapped = final_model
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
     return summary
 

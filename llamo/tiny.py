@@ -54,7 +54,8 @@ def build_tiny_llamo(seed: int = 0, **overrides) -> tuple[LlamoForConditionalGen
     tokenizer = load_tiny_tokenizer()
     config = tiny_llamo_config(tokenizer, **overrides)
     torch.manual_seed(seed)
-    model = LlamoForConditionalGeneration(config)
+    # `_from_config`, not the constructor: under DeepSpeed ZeRO-3 it builds the whole model inside `zero.Init`.
+    model = LlamoForConditionalGeneration._from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
