@@ -619,6 +619,18 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         ):
             for name in GRAPH_INPUT_NAMES:
                 model_inputs.pop(name, None)
+        elif model_inputs.get("graph_node_batch") is not None and fed_ids is not None:
+            # Chunked prefill (`prefill_chunk_size`) feeds the prompt in pieces, each with all the graph inputs.
+            node_batch = model_inputs["graph_node_batch"]
+            tokens_per_molecule = self.config.num_graph_tokens
+            num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+            needed = node_batch.numel() if tokens_per_molecule is None else num_molecules * tokens_per_molecule
+            if int((fed_ids == self.config.graph_token_id).sum()) < needed:
+                raise ValueError(
+                    f"this forward call feeds only part of the molecules' {needed} graph-token slots (chunked prefill, "
+                    "or a given cache that ends inside the slots): generate with `prefill_chunk_size=None`, or cache "
+                    "whole molecules"
+                )
         return model_inputs
 
     def _get_candidate_generator(self, *args, **kwargs):

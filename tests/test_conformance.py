@@ -134,6 +134,19 @@ def test_assisted_decoding_with_a_text_only_assistant_equals_greedy(model_and_pr
     assert torch.equal(output, reference)
 
 
+def test_prompt_lookup_decoding_equals_greedy(model_and_processor, chat):
+    model, _ = model_and_processor
+    inputs, reference = chat
+    assert torch.equal(model.generate(**inputs, prompt_lookup_num_tokens=3, **GREEDY), reference)
+
+
+def test_chunked_prefill_that_splits_the_graph_slots_raises_a_clear_error(model_and_processor, chat):
+    model, _ = model_and_processor
+    inputs, _ = chat
+    with pytest.raises(ValueError, match="feeds only part of the molecules' 56 graph-token slots"):
+        model.generate(**inputs, prefill_chunk_size=16, **GREEDY)
+
+
 def test_generate_from_inputs_embeds_with_graph_vectors_merged_equals_generate_from_input_ids(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, reference = chat
