@@ -21,6 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 
@@ -42,6 +43,13 @@ logger = logging.get_logger(__name__)
 # `prepare_inputs_for_generation`); the floor, 5.20, still uses the old name. LLaMo accepts both and hands the
 # cache on under the name this transformers uses, so a given cache is never dropped silently.
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+
+
+def deprecate_old_cache_name(forward):
+    """Where transformers names the cache `cache`, `past_key_values=` warns and is renamed, as in its own models."""
+    if CACHE_ARGUMENT == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+    return forward
 
 @dataclass
 class LlamoGraphOutput(ModelOutput):
@@ -438,6 +446,7 @@ class LlamoModel(LlamoPreTrainedModel):
         return slot_mask.unsqueeze(-1)
 
     @can_return_tuple
+    @deprecate_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -526,6 +535,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         return self.model.get_graph_features(**graph_inputs)
 
     @can_return_tuple
+    @deprecate_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -88,6 +88,20 @@ def test_a_given_dynamic_cache_gives_the_tokens_of_generate_without_one(model_an
     assert cache.get_seq_length() == reference.shape[1] - 1  # the given cache object is the one that was filled
 
 
+def test_forward_takes_the_cache_as_cache_and_warns_on_the_old_name(model_and_processor, chat):
+    model, _ = model_and_processor
+    inputs, _ = chat
+    with torch.no_grad():
+        new_name = model(**inputs, cache=DynamicCache(config=model.config))
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+            old_name = model(**inputs, past_key_values=DynamicCache(config=model.config))
+    assert torch.equal(new_name.logits, old_name.logits)
+    length = inputs["input_ids"].shape[1]
+    assert new_name.cache.get_seq_length() == old_name.cache.get_seq_length() == length
+    for new_layer, old_layer in zip(new_name.cache.layers, old_name.cache.layers):
+        assert torch.equal(new_layer.keys, old_layer.keys) and torch.equal(new_layer.values, old_layer.values)
+
+
 def test_a_given_static_cache_encodes_the_graph_once_and_gives_the_same_tokens(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, reference = chat
