@@ -234,6 +234,10 @@ def test_tensor_parallel_plan_shards_lm_head_like_llava(model_and_processor):
     plan = model.tp_plan
     assert plan["lm_head"] == "colwise_gather_output"
     assert plan["model.language_model.layers.*.self_attn.q_proj"] == "colwise"  # the language model's own plan
+    # a tied lm_head must be sharded like the embeddings it shares its weight with (transformers checks both or neither)
+    tied, _ = build_tiny_llamo(seed=3, tie_word_embeddings=True)
+    assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
+    assert tied.tp_plan["model.language_model.embed_tokens"] == "embedding_rowwise" and tied.tp_plan["lm_head"]
 
 
 # --- embeddings, serialization, initialization, training ---------------------------------------------------------
