@@ -9,6 +9,7 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +18,11 @@ from torch.nn import functional as F
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 
@@ -35,6 +39,18 @@ except ImportError:  # imported as a plain module from the repository root
 
 
 logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the KV-cache argument `past_key_values` to `cache` (generate, the base models and
+# `prepare_inputs_for_generation`); the floor, 5.20, still uses the old name. LLaMo accepts both and hands the
+# cache on under the name this transformers uses, so a given cache is never dropped silently.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+
+
+def deprecate_old_cache_name(forward):
+    """Where transformers names the cache `cache`, `past_key_values=` warns and is renamed, as in its own models."""
+    if CACHE_ARGUMENT == "cache":
+        return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+    return forward
 
 @dataclass
 class LlamoGraphOutput(ModelOutput):
@@ -458,6 +474,9 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Decoding steps (text tokens only, graph inputs already consumed at prefill) trace without graph breaks, so
+    # static cache + `torch.compile(fullgraph=True)` works; the prefill with graph inputs runs eagerly in `generate`.
+    _can_compile_fullgraph = True
     # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16; the
     # modules declare it themselves (`_keep_in_fp32`) and `LlamoModel` collects the names.
     _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
@@ -537,11 +556,13 @@ class LlamoModel(LlamoPreTrainedModel):
         return slot_mask.unsqueeze(-1)
 
     @can_return_tuple
+    @deprecate_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         graph_node_features: torch.LongTensor | None = None,
         graph_edge_index: torch.LongTensor | None = None,
@@ -550,7 +571,8 @@ class LlamoModel(LlamoPreTrainedModel):
         graph_motif_features: torch.FloatTensor | None = None,
         graph_motif_batch: torch.LongTensor | None = None,
         output_projector_attentions: bool = False,
-        **kwargs,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | LlamoModelOutputWithPast:
         r"""
         graph_node_features (`torch.LongTensor` of shape `(num_atoms, len(config.atom_feature_vocab_sizes))`): OGB
@@ -563,6 +585,8 @@ class LlamoModel(LlamoPreTrainedModel):
             descriptors.
         graph_motif_batch (`torch.LongTensor` of shape `(num_motifs,)`): molecule index of each motif.
         output_projector_attentions (`bool`): also return the projector's cross-attention weights.
+        cache / past_key_values (`Cache`): the language model's KV cache (`past_key_values` is the name transformers
+            < 5.24 uses; either is accepted).
 
         Molecules are matched to the `<graph>` slots in order: the first molecule fills the first run of slots.
         """
@@ -586,14 +610,22 @@ class LlamoModel(LlamoPreTrainedModel):
             slot_mask = self.get_placeholder_mask(input_ids, inputs_embeds, graph_features)
             inputs_embeds = inputs_embeds.masked_scatter(slot_mask, graph_features)
 
+        cache = cache if cache is not None else past_key_values
         outputs = self.language_model(
-            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **{CACHE_ARGUMENT: cache},
+            **kwargs,
         )
         return LlamoModelOutputWithPast(**outputs, graph_outputs=graph_outputs)
 
 
 class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     """LLaMo: answers instructions about molecules given as graphs (and SMILES text)."""
+
+    # Tensor parallelism: the language model's own plan covers its layers (`text_config.base_model_tp_plan`).
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LlamoConfig):
         super().__init__(config)
@@ -616,11 +648,13 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         return self.model.get_graph_features(**graph_inputs)
 
     @can_return_tuple
+    @deprecate_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -631,7 +665,8 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         graph_motif_features: torch.FloatTensor | None = None,
         graph_motif_batch: torch.LongTensor | None = None,
         output_projector_attentions: bool = False,
-        **kwargs,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | LlamoCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
@@ -642,6 +677,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             graph_node_features=graph_node_features,
             graph_edge_index=graph_edge_index,
@@ -667,13 +703,70 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         carried = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
         return LlamoCausalLMOutputWithPast(loss=loss, logits=logits, **carried)
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        # With a KV cache the graph tokens are encoded once, at prefill; later steps feed only new text tokens.
-        if not is_first_iteration and kwargs.get("use_cache", True):
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        is_first_iteration: bool | None = False,
+        use_cache: bool = True,
+        **kwargs,
+    ) -> dict:
+        """The base method's inputs, plus the graph inputs while the fed tokens still hold their `<graph>` slots.
+
+        The named parameters are those `generate` inspects (a cache given by the caller, `inputs_embeds`); the
+        graph inputs travel in `kwargs`. With a KV cache the graph vectors are computed once, when their slots are
+        fed, whatever the cache type (dynamic, static, an assistant's cache reused across rounds).
+        """
+        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            use_cache=use_cache,
+            **{CACHE_ARGUMENT: cache},
+            **kwargs,
+        )
+        fed_ids = model_inputs.get("input_ids")
+        # A first iteration on a non-empty cache that feeds only a slot-free tail (an assistant's later drafting
+        # rounds): the slots, and so the graph vectors, are in the cache already. Checked only then (it syncs).
+        if (use_cache and not is_first_iteration) or (
+            cache is not None
+            and fed_ids is not None
+            and cache.get_seq_length() > 0
+            and not bool((fed_ids == self.config.graph_token_id).any())
+        ):
             for name in GRAPH_INPUT_NAMES:
                 model_inputs.pop(name, None)
+        elif model_inputs.get("graph_node_batch") is not None and fed_ids is not None:
+            # Chunked prefill (`prefill_chunk_size`) feeds the prompt in pieces, each with all the graph inputs.
+            node_batch = model_inputs["graph_node_batch"]
+            tokens_per_molecule = self.config.num_graph_tokens
+            num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+            needed = node_batch.numel() if tokens_per_molecule is None else num_molecules * tokens_per_molecule
+            if int((fed_ids == self.config.graph_token_id).sum()) < needed:
+                raise ValueError(
+                    f"this forward call feeds only part of the molecules' {needed} graph-token slots (chunked prefill, "
+                    "or a given cache that ends inside the slots): generate with `prefill_chunk_size=None`, or cache "
+                    "whole molecules"
+                )
         return model_inputs
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        """Assisted decoding: a text-only assistant (any causal LM sharing the tokenizer) drafts without the graph
+        inputs, which its `generate` would reject; a LLaMo assistant keeps them."""
+        generator = super()._get_candidate_generator(*args, **kwargs)
+        assistant, assistant_kwargs = getattr(generator, "assistant_model", None), getattr(generator, "assistant_kwargs", None)
+        if assistant is not None and assistant_kwargs is not None:
+            accepted = inspect.signature(assistant.forward).parameters
+            for name in GRAPH_INPUT_NAMES:
+                if name not in accepted:
+                    assistant_kwargs.pop(name, None)
+        return generator
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
         """Beam search / several return sequences: repeat each sample's molecules along with the sample."""

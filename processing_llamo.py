@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from transformers import BatchFeature, ProcessorMixin
@@ -22,26 +25,36 @@ DEFAULT_SYSTEM_MESSAGE = "The following is a conversation between a curious huma
 
 # LLaMo's Llama-2-chat layout: system message and first user turn in one [INST] block, one [INST] block per later
 # user turn, every answer closed by EOS. Answers are marked with {% generation %} for assistant-only losses.
+# Content is a string or a list of typed items (molecules are `<graph>` text items by then), joined with spaces.
 DEFAULT_CHAT_TEMPLATE = (
+    "{%- macro content_text(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for item in content -%}{%- if not loop.first %} {% endif -%}{{ item['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system_message = messages[0]['content'] -%}{%- set conversation = messages[1:] -%}"
+    "{%- set system_message = content_text(messages[0]['content']) -%}{%- set conversation = messages[1:] -%}"
     "{%- else -%}"
     "{%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}{%- set conversation = messages -%}"
     "{%- endif -%}"
     "{%- for message in conversation -%}"
     "{%- if message['role'] == 'user' -%}"
     "{%- if loop.first -%}"
-    "{{ bos_token }}[INST] <<SYS>>\n{{ system_message }}\n<</SYS>>\n\n{{ message['content'] | trim }} [/INST]"
+    "{{ bos_token }}[INST] <<SYS>>\n{{ system_message }}\n<</SYS>>\n\n{{ content_text(message['content']) | trim }} [/INST]"
     "{%- else -%}"
-    "{{ bos_token }}[INST] {{ message['content'] | trim }} [/INST]"
+    "{{ bos_token }}[INST] {{ content_text(message['content']) | trim }} [/INST]"
     "{%- endif -%}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{% generation %}{{ ' ' + (message['content'] | trim) + eos_token }}{% endgeneration %}"
+    "{% generation %}{{ ' ' + (content_text(message['content']) | trim) + eos_token }}{% endgeneration %}"
     "{%- else -%}"
     "{{ raise_exception('LLaMo conversations have system, user and assistant turns, got: ' + message['role']) }}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )
+
+# sha256 of the default templates of earlier LLaMo releases (saved next to their weights), which read string
+# content only (`message['content'] | trim`): the processor joins content items into a string for them.
+LEGACY_CHAT_TEMPLATE_SHA256 = frozenset({"ad29bff63575105b696a380bc9d9509493f5bbb3a4fb6a9fc639d520e8557d79"})
 
 
 class LlamoProcessor(ProcessorMixin):
@@ -318,15 +331,25 @@ class LlamoProcessor(ProcessorMixin):
                 )
 
     def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
-        """Render a conversation whose user turns may hold molecules: `{"type": "molecule", "smiles": ...}` items
-        become `<graph>` placeholders (content items are joined with spaces) and, when tokenizing, their SMILES
-        are featurized. Any tokenizer chat template works, since message content is plain text by then."""
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        """Render a conversation whose turns may hold molecules, in transformers' message formats.
+
+        Messages are dicts, dataclasses or pydantic models (a conversation may also be an object with `.messages`);
+        content is a string or a list of typed items. Each `{"type": "molecule", "smiles": ...}` item becomes, in
+        place, the text item `{"type": "text", "text": "<graph>"}`, so any template written for typed content
+        renders what the tokenizer would render for that text; when tokenizing, the SMILES are featurized.
+        Templates saved by earlier LLaMo releases read string content only: for them the items are joined with
+        spaces first, as those releases did."""
+        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and (
+            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+        )
         conversations = conversation if batched else [conversation]
+        template = chat_template if chat_template is not None else self.chat_template
+        join_items = isinstance(template, str) and hashlib.sha256(template.encode()).hexdigest() in LEGACY_CHAT_TEMPLATE_SHA256
         rendered, smiles = [], []
         for messages in conversations:
             molecules: list[str] = []
-            rendered.append([self._message_to_text(message, index, molecules) for index, message in enumerate(messages)])
+            messages = plain_data(getattr(messages, "messages", messages))
+            rendered.append([self._message_with_placeholders(message, index, molecules, join_items) for index, message in enumerate(messages)])
             smiles.append(molecules)
         if kwargs.get("tokenize", False):
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
@@ -334,23 +357,41 @@ class LlamoProcessor(ProcessorMixin):
             kwargs["processor_kwargs"] = processor_kwargs
         return super().apply_chat_template(rendered if batched else rendered[0], chat_template=chat_template, **kwargs)
 
-    def _message_to_text(self, message: dict, index: int, molecules: list[str]) -> dict:
+    def _message_with_placeholders(self, message: Any, index: int, molecules: list[str], join_items: bool) -> dict:
+        """The message with its molecule items replaced by `<graph>` text items (their SMILES go to `molecules`)."""
+        if not isinstance(message, dict):
+            raise TypeError(f"message {index}: chat messages are dicts, dataclasses or pydantic models, got {message!r}")
         content = message.get("content")
         if content is None or isinstance(content, str):
             return message
-        parts = []
+        items = []
         for item in content:
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
-                parts.append(item["text"])
+                items.append(item)
             elif kind == "molecule":
                 if not isinstance(item.get("smiles"), str):
                     raise ValueError(f"message {index}: a molecule item needs a 'smiles' string, got {item!r}")
                 molecules.append(item["smiles"])
-                parts.append(self.graph_token)
+                items.append({"type": "text", "text": self.graph_token})
             else:
                 raise ValueError(f"message {index}: LLaMo content items are 'text' or 'molecule', got {item!r}")
-        return {**message, "content": " ".join(parts)}
+        if join_items:
+            return {**message, "content": " ".join(item["text"] for item in items)}
+        return {**message, "content": items}
+
+
+def plain_data(value: Any) -> Any:
+    """Message objects (dataclasses, pydantic models) and the items inside them as dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain_data(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if callable(getattr(value, "model_dump", None)):
+        return plain_data(value.model_dump())
+    return value
 
 
 LlamoProcessor.register_for_auto_class("AutoProcessor")
