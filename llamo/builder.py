@@ -108,6 +108,23 @@ def build_llamo(
     return model, processor
 
 
+def build_llamo_from_config(
+    text_config, tokenizer: PreTrainedTokenizerBase, *, seed: int | None = 0, chat_template: ChatTemplateChoice = "llamo", **overrides
+) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
+    """A randomly initialized LLaMo around a language model described by `text_config` (no weights to load: the
+    tiny CPU model, the benchmarks' small model). `tokenizer` must already hold `<graph>`; `seed` fixes the weights."""
+    add_llamo_tokens(tokenizer)
+    config = LlamoConfig(text_config=text_config, graph_token_id=tokenizer.convert_tokens_to_ids(GRAPH_TOKEN), **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = LlamoForConditionalGeneration(config)
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    template, _ = choose_chat_template(tokenizer, chat_template)
+    processor = LlamoProcessor(tokenizer=tokenizer, chat_template=template, num_graph_tokens=config.num_graph_tokens)
+    return model, processor
+
+
 def check_causal_lm_config(config, name: str) -> None:
     """Refuse encoder and encoder-decoder models (BERT, T5) with a clear message, before loading any weight."""
     if getattr(config, "is_encoder_decoder", False) or type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
@@ -289,7 +306,7 @@ def lora_target_regex(language_model: nn.Module, requested: list[str]) -> tuple[
     names = linear_layer_names(language_model)
     if not requested or requested == ["auto"]:
         paths = default_lora_targets(language_model)
-        return rf"^model\.language_model\.(?:{'|'.join(paths)})$", [path.replace("\\", "") for path in paths]
+        return rf"^model\.language_model\.(?:{'|'.join(paths)})$", [path.replace("\\d+", "*").replace("\\", "") for path in paths]
     targets = names if requested == ["all-linear"] else requested
     unknown = sorted(set(targets) - set(names))
     if unknown:
@@ -302,6 +319,7 @@ __all__ = [
     "FidelityError",
     "add_llamo_tokens",
     "build_llamo",
+    "build_llamo_from_config",
     "check_text_logits",
     "choose_chat_template",
     "default_lora_targets",
