@@ -600,7 +600,10 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
 
         aux_loss = None
-        if outputs.get("router_logits") is not None:
+        # Cached decoding steps route only the new tokens while the mask covers the whole sequence: the
+        # load-balancing loss (a training quantity) is computed when the mask matches this call's tokens.
+        mask_fits = attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[1] == hidden_states.shape[1]
+        if outputs.get("router_logits") is not None and mask_fits:
             aux_loss = self._router_aux_loss(outputs.router_logits, attention_mask)
             if loss is not None:
                 loss = loss + getattr(self.config.text_config, "router_aux_loss_coef", 0.0) * aux_loss.to(loss.device)

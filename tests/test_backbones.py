@@ -44,7 +44,7 @@ EXPECTED_LORA = {
     "falcon": ["h.*.self_attention.query_key_value"],
     "gpt_neox": ["layers.*.attention.query_key_value"],
     "gpt2": ["h.*.attn.c_attn"],
-    "opt_350m": ["layers.*.self_attn.v_proj", "layers.*.self_attn.q_proj"],
+    "opt_350m": ["decoder.layers.*.self_attn.q_proj", "decoder.layers.*.self_attn.v_proj"],
 }
 MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "CCO"]
 
@@ -244,3 +244,16 @@ def test_chat_template_llm_is_refused_when_the_template_cannot_be_marked(runs):
         pytest.skip("no [INST]-template family selected")
     with pytest.raises(ValueError, match="does not mark assistant turns"):
         build_llamo(str(runs[name]["llm"]), config_overrides=GRAPH, chat_template="llm", check_fidelity=False)
+
+
+def test_moe_generation_works_with_router_logits_on(runs):
+    """A trained MoE folder keeps `output_router_logits=True` (SFTTrainer sets it); cached decoding must not try to
+    compute the load-balancing loss against the full attention mask."""
+    if "mixtral" not in runs:
+        pytest.skip("no MoE family selected")
+    model = LlamoForConditionalGeneration.from_pretrained(runs["mixtral"]["stage2"]).eval()
+    assert model.config.text_config.output_router_logits
+    processor = __import__("processing_llamo").LlamoProcessor.from_pretrained(runs["mixtral"]["stage2"])
+    batch = molecule_inputs(processor)
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+    assert out.shape == (2, batch["input_ids"].shape[1] + 3)
