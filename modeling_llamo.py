@@ -8,15 +8,12 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -84,18 +81,19 @@ def with_language_model_extras(output: ModelOutput, language_model_outputs: Mode
     return output
 
 
-@lru_cache(maxsize=16)
-def _language_model_head_layout(text_config_json: str) -> tuple[int, int, bool]:
-    """(in_features, out_features, bias) of the LLM's own causal-LM head, read from its class built on the meta
-    device (no memory): e.g. OPT-350m's head reads `word_embed_proj_dim`, Phi's has a bias."""
-    config = AutoConfig.for_model(**json.loads(text_config_json))
-    with torch.device("meta"):
-        head = AutoModelForCausalLM.from_config(config).get_output_embeddings()
-    return head.in_features, head.out_features, head.bias is not None
+# (in_features, out_features, bias) of each language model's head, by config: built once per process
+_HEAD_LAYOUTS: dict[str, tuple[int, int, bool]] = {}
 
 
 def language_model_head_layout(text_config) -> tuple[int, int, bool]:
-    return _language_model_head_layout(text_config.to_json_string(use_diff=False))
+    """(in_features, out_features, bias) of the LLM's own causal-LM head, read from its class built on the meta
+    device (no memory): e.g. OPT-350m's head reads `word_embed_proj_dim`, Phi's has a bias."""
+    key = text_config.to_json_string(use_diff=False)
+    if key not in _HEAD_LAYOUTS:
+        with torch.device("meta"):
+            head = AutoModelForCausalLM.from_config(type(text_config).from_dict(text_config.to_dict())).get_output_embeddings()
+        _HEAD_LAYOUTS[key] = (head.in_features, head.out_features, head.bias is not None)
+    return _HEAD_LAYOUTS[key]
 
 
 def apply_head_semantics(logits: torch.Tensor, text_config) -> torch.Tensor:
@@ -619,7 +617,8 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
 
     def _router_aux_loss(self, router_logits: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None) -> torch.Tensor:
         """MoE load-balancing loss, computed by the language model's own module function (as its causal-LM class)."""
-        module = sys.modules[type(self.model.language_model).__module__]
+        # the language model's own modeling module (`__import__`: remote-code files import a fixed set of packages)
+        module = __import__(type(self.model.language_model).__module__, fromlist=["load_balancing_loss_func"])
         if not hasattr(module, "load_balancing_loss_func"):
             raise ValueError(
                 f"{type(self.model.language_model).__name__} returns router logits but its module has no "

@@ -28,11 +28,12 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
+from configuration_llamo import PROJECTOR_TYPES
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
@@ -167,7 +168,13 @@ def lora_config(model: LlamoForConditionalGeneration, model_args: LlamoModelArgu
     and saved with the adapter as a module to save)."""
     target_regex, targets = lora_target_regex(model.model.language_model, model_args.lora_target_modules)
     print(f"LoRA targets ({' '.join(model_args.lora_target_modules)}): {', '.join(targets)}")
+    # GPT-2-style Conv1D layers store the weight transposed; PEFT needs to be told (it warns and fixes it otherwise)
+    conv1d = any(
+        isinstance(module, Conv1D) and re.fullmatch(target_regex, f"model.language_model.{name}")
+        for name, module in model.model.language_model.named_modules()
+    )
     return LoraConfig(
+        fan_in_fan_out=conv1d,
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import torch
 from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig

@@ -18,7 +18,7 @@ import pathlib
 
 import pytest
 import torch
-from backbone_families import FAMILIES, ROOT, family_tokenizer, save_family_checkpoint
+from backbone_families import FAMILIES, family_tokenizer, save_family_checkpoint
 from conftest import run_fresh
 from transformers import AutoModelForCausalLM, BertConfig, BertLMHeadModel, T5Config, T5ForConditionalGeneration
 from trl.trainer.utils import add_fused_lm_head
@@ -27,7 +27,7 @@ import modeling_llamo
 from llamo.builder import FidelityError, build_llamo, fidelity_token_batch, lora_target_regex
 from llamo.instructions import generate_examples
 from modeling_llamo import LlamoForConditionalGeneration
-from processing_llamo import DEFAULT_CHAT_TEMPLATE
+from processing_llamo import DEFAULT_CHAT_TEMPLATE, LlamoProcessor
 from train_sft import main as train
 
 
@@ -145,8 +145,8 @@ def test_build_keeps_the_llms_weights_head_and_template(name, runs):
     assert "generation %}" in processor.chat_template  # assistant turns marked for the assistant-only loss
     if family.expected_template == "llm":
         assert processor.chat_template != DEFAULT_CHAT_TEMPLATE
-    llamo_model, _ = build_llamo(str(runs[name]["llm"]), config_overrides=GRAPH, chat_template="llamo", check_fidelity=False)
-    assert _.chat_template == DEFAULT_CHAT_TEMPLATE
+    _, requested = build_llamo(str(runs[name]["llm"]), config_overrides=GRAPH, chat_template="llamo", check_fidelity=False)
+    assert requested.chat_template == DEFAULT_CHAT_TEMPLATE
 
 
 @family_names
@@ -174,7 +174,7 @@ def test_fresh_process_remote_code_load_equals_the_source_llm(name, runs, fresh_
     torch.testing.assert_close(fresh_logits[(name, "stage1", "text")][..., :vocab], expected)
     # stage 2 (merged LoRA): the fresh remote-code model equals the repository's classes on the same folder
     stage2 = LlamoForConditionalGeneration.from_pretrained(runs[name]["stage2"]).eval()
-    processor = __import__("processing_llamo").LlamoProcessor.from_pretrained(runs[name]["stage2"])
+    processor = LlamoProcessor.from_pretrained(runs[name]["stage2"])
     messages = [{"role": "user", "content": [{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}, {"type": "text", "text": "Describe this molecule."}]}]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_fresh_process_remote_code_load_equals_the_source_llm(name, runs, fresh_
 @family_names
 def test_cache_and_batching_change_nothing(name, runs):
     model = LlamoForConditionalGeneration.from_pretrained(runs[name]["stage2"]).eval()
-    processor = __import__("processing_llamo").LlamoProcessor.from_pretrained(runs[name]["stage2"])
+    processor = LlamoProcessor.from_pretrained(runs[name]["stage2"])
     settings = dict(max_new_tokens=4, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     batch = molecule_inputs(processor)
     cached = model.generate(**batch, use_cache=True, **settings)
@@ -253,7 +253,7 @@ def test_moe_generation_works_with_router_logits_on(runs):
         pytest.skip("no MoE family selected")
     model = LlamoForConditionalGeneration.from_pretrained(runs["mixtral"]["stage2"]).eval()
     assert model.config.text_config.output_router_logits
-    processor = __import__("processing_llamo").LlamoProcessor.from_pretrained(runs["mixtral"]["stage2"])
+    processor = LlamoProcessor.from_pretrained(runs["mixtral"]["stage2"])
     batch = molecule_inputs(processor)
     out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     assert out.shape == (2, batch["input_ids"].shape[1] + 3)
