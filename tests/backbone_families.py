@@ -91,6 +91,10 @@ FAMILIES = [
            dict(bos="<BOS_TOKEN>", eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>", unk=None), needed="logits times logit_scale"),
     Family("mixtral", "MixtralConfig", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02),
            SENTENCE, "inst", needed="MoE: router logits passed through, load-balancing loss counted"),
+    Family("qwen3_moe", "Qwen3MoeConfig", dict(num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+                                               moe_intermediate_size=32, router_aux_loss_coef=0.02),
+           dict(bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None), "qwen3", extra_tokens=["<|im_start|>"],
+           vocab_padding=30, expected_template="llm", needed="MoE (`num_experts`); its own load-balancing loss function"),
 ]
 FAMILY_NAMES = [family.name for family in FAMILIES]
 

@@ -248,12 +248,14 @@ def test_chat_template_llm_is_refused_when_the_template_cannot_be_marked(runs):
 
 def test_moe_generation_works_with_router_logits_on(runs):
     """A trained MoE folder keeps `output_router_logits=True` (SFTTrainer sets it); cached decoding must not try to
-    compute the load-balancing loss against the full attention mask."""
-    if "mixtral" not in runs:
+    compute the load-balancing loss against the full attention mask (the bare MixtralForCausalLM fails there)."""
+    moe = [name for name in ("mixtral", "qwen3_moe") if name in runs]
+    if not moe:
         pytest.skip("no MoE family selected")
-    model = LlamoForConditionalGeneration.from_pretrained(runs["mixtral"]["stage2"]).eval()
-    assert model.config.text_config.output_router_logits
-    processor = LlamoProcessor.from_pretrained(runs["mixtral"]["stage2"])
-    batch = molecule_inputs(processor)
-    out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
-    assert out.shape == (2, batch["input_ids"].shape[1] + 3)
+    for name in moe:
+        model = LlamoForConditionalGeneration.from_pretrained(runs[name]["stage2"]).eval()
+        assert model.config.text_config.output_router_logits
+        processor = LlamoProcessor.from_pretrained(runs[name]["stage2"])
+        batch = molecule_inputs(processor)
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+        assert out.shape == (2, batch["input_ids"].shape[1] + 3)
