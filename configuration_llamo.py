@@ -242,6 +242,16 @@ class LlamoConfig(PreTrainedConfig):
         return self.projector_spec.uses_graph
 
     @property
+    def text_embedding_size(self) -> int:
+        """Width of the language model's input embeddings, which the graph vectors replace: `hidden_size` for most
+        families, `word_embed_proj_dim` for OPT-350m (its decoder projects the embeddings up to `hidden_size`)."""
+        for name in ("word_embed_proj_dim", "embedding_size"):
+            value = getattr(self.text_config, name, None)
+            if value:
+                return value
+        return self.text_config.hidden_size
+
+    @property
     def uses_motifs(self) -> bool:
         return self.projector_spec.uses_motifs
 

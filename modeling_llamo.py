@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
@@ -87,6 +87,50 @@ class LlamoCausalLMOutputWithPast(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` plus `graph_outputs` (a `LlamoGraphOutput`, when graph inputs were given)."""
 
     graph_outputs: LlamoGraphOutput | None = None
+
+
+def with_language_model_extras(output: ModelOutput, language_model_outputs: ModelOutput) -> ModelOutput:
+    """Add to `output` every field the language model returned that `output` does not declare (MoE `router_logits`,
+    `aux_loss`, ...): the wrapper passes them through instead of dropping them or failing on them."""
+    for key, value in language_model_outputs.items():
+        if key not in output and value is not None:
+            output[key] = value
+    return output
+
+
+# (in_features, out_features, bias) of each language model's head, by config: built once per process
+_HEAD_LAYOUTS: dict[str, tuple[int, int, bool]] = {}
+
+
+def language_model_head_layout(text_config) -> tuple[int, int, bool]:
+    """(in_features, out_features, bias) of the LLM's own causal-LM head, read from its class built on the meta
+    device (no memory): e.g. OPT-350m's head reads `word_embed_proj_dim`, Phi's has a bias."""
+    key = text_config.to_json_string(use_diff=False)
+    if key not in _HEAD_LAYOUTS:
+        with torch.device("meta"):
+            head = AutoModelForCausalLM.from_config(type(text_config).from_dict(text_config.to_dict())).get_output_embeddings()
+        _HEAD_LAYOUTS[key] = (head.in_features, head.out_features, head.bias is not None)
+    return _HEAD_LAYOUTS[key]
+
+
+def apply_head_semantics(logits: torch.Tensor, text_config) -> torch.Tensor:
+    """What the LLM's causal-LM class does to its head's output, read from its config the way TRL's fused loss reads
+    it (so training and inference agree): a logit scale (Cohere `logit_scale`, Granite `1 / logits_scaling`,
+    Falcon-H1 `lm_head_multiplier`, `output_multiplier`), then Gemma-2's `final_logit_softcapping`."""
+    scale = getattr(text_config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text_config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text_config, "lm_head_multiplier", None)
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    if scale is not None and scale != 1.0:
+        logits = logits * scale
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
 
 
 class LlamoCategoricalEmbedding(nn.Module):
@@ -180,7 +224,8 @@ class LlamoGraphTokenHead(nn.Module):
 
     def __init__(self, input_size: int, config: LlamoConfig):
         super().__init__()
-        output_size = config.text_config.hidden_size
+        # the width of the LLM's input embeddings, which the graph vectors replace (OPT-350m: word_embed_proj_dim)
+        output_size = config.text_embedding_size
         self.layer_norm = nn.LayerNorm(input_size)
         layers = [nn.Linear(input_size, output_size)]
         for _ in range(config.projector_mlp_depth - 1):
@@ -618,7 +663,8 @@ class LlamoModel(LlamoPreTrainedModel):
             **{CACHE_ARGUMENT: cache},
             **kwargs,
         )
-        return LlamoModelOutputWithPast(**outputs, graph_outputs=graph_outputs)
+        declared = {key: value for key, value in outputs.items() if key in LlamoModelOutputWithPast.__dataclass_fields__}
+        return with_language_model_extras(LlamoModelOutputWithPast(**declared, graph_outputs=graph_outputs), outputs)
 
 
 class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
@@ -630,7 +676,9 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
     def __init__(self, config: LlamoConfig):
         super().__init__(config)
         self.model = LlamoModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # The LLM's own head layout: its width (OPT-350m projects to word_embed_proj_dim first) and bias (Phi).
+        in_features, out_features, bias = language_model_head_layout(config.text_config)
+        self.lm_head = nn.Linear(in_features, out_features, bias=bias)
         # Tie target (used when tie_word_embeddings): wherever this language model keeps its input embeddings,
         # e.g. `embed_tokens` for Llama / Qwen, `decoder.embed_tokens` for OPT.
         embeddings = self.model.get_input_embeddings()
@@ -690,18 +738,44 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        logits = apply_head_semantics(self.lm_head(hidden_states[:, keep, :]), self.config.text_config)
 
         loss = None
         if labels is not None:
             if input_ids is not None:
                 labels = labels.masked_fill(input_ids == self.config.graph_token_id, -100)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs)
+
+        aux_loss = None
+        # Cached decoding steps route only the new tokens while the mask covers the whole sequence: the
+        # load-balancing loss (a training quantity) is computed when the mask matches this call's tokens.
+        mask_fits = attention_mask is None or attention_mask.dim() != 2 or attention_mask.shape[1] == hidden_states.shape[1]
+        if outputs.get("router_logits") is not None and mask_fits:
+            aux_loss = self._router_aux_loss(outputs.router_logits, attention_mask)
+            if loss is not None:
+                loss = loss + getattr(self.config.text_config, "router_aux_loss_coef", 0.0) * aux_loss.to(loss.device)
 
         # Everything but the last hidden state carries over (the cache field is `cache` or `past_key_values`
-        # depending on the transformers release).
-        carried = {key: value for key, value in outputs.items() if key != "last_hidden_state"}
-        return LlamoCausalLMOutputWithPast(loss=loss, logits=logits, **carried)
+        # depending on the transformers release), MoE router logits included.
+        declared = LlamoCausalLMOutputWithPast.__dataclass_fields__
+        carried = {key: value for key, value in outputs.items() if key != "last_hidden_state" and key in declared}
+        output = LlamoCausalLMOutputWithPast(loss=loss, logits=logits, **carried)
+        if aux_loss is not None:
+            output["aux_loss"] = aux_loss
+        return with_language_model_extras(output, outputs)
+
+    def _router_aux_loss(self, router_logits: tuple[torch.Tensor, ...], attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """MoE load-balancing loss, computed by the language model's own module function (as its causal-LM class)."""
+        # the language model's own modeling module (`__import__`: remote-code files import a fixed set of packages)
+        module = __import__(type(self.model.language_model).__module__, fromlist=["load_balancing_loss_func"])
+        if not hasattr(module, "load_balancing_loss_func"):
+            raise ValueError(
+                f"{type(self.model.language_model).__name__} returns router logits but its module has no "
+                "load_balancing_loss_func: LLaMo does not know this MoE family's auxiliary loss"
+            )
+        text_config = self.config.text_config
+        num_experts = getattr(text_config, "num_local_experts", None) or text_config.num_experts
+        return module.load_balancing_loss_func(router_logits, num_experts, text_config.num_experts_per_tok, attention_mask)
 
     def prepare_inputs_for_generation(
         self,

@@ -28,16 +28,18 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
+from transformers.pytorch_utils import Conv1D
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig
+from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.tiny import build_tiny_llamo
+from llamo.builder import build_llamo, lora_target_regex
 
 
 @dataclass
@@ -65,11 +67,24 @@ class LlamoModelArguments:
     lora_alpha: int = field(default=32, metadata={"help": "Stage 2: LoRA alpha (scale alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2: LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        metadata={"help": "Stage 2: LLM linear layers to adapt, by name ('all-linear' for every one)."},
+        default_factory=lambda: ["auto"],
+        metadata={
+            "help": "Stage 2: LLM linear layers to adapt, by name; 'auto' (default): the attention's query and value "
+            "projections, or its fused qkv projection, found by module type; 'all-linear' for every one."
+        },
     )
     keep_adapter: bool = field(default=False, metadata={"help": "Stage 2: save a PEFT adapter instead of merged weights."})
     license: str = field(default="apache-2.0", metadata={"help": "License written in the model card."})
+    chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "New models: 'auto' the LLM's own chat template (marked for assistant-only loss) when it has one "
+            "TRL can mark, else LLaMo's Llama-2 layout; 'llm' the LLM's own or an error; 'llamo' LLaMo's layout."
+        },
+    )
+    check_fidelity: bool = field(
+        default=True, metadata={"help": "New models: check that text-only logits equal the LLM's before training."}
+    )
 
 
 @dataclass
@@ -87,37 +102,16 @@ class LlamoDataArguments:
 
 
 def build_llamo_around_llm(llm: str, model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """A new LLaMo whose language model (and lm_head) are the weights of `llm`; the GIN and projector start from
-    scratch. The tokenizer gets a `<graph>` special token (and `<pad>` if it has none); embeddings are resized."""
-    tokenizer = AutoTokenizer.from_pretrained(llm)
-    if tokenizer.pad_token is None:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
-    if "<graph>" not in tokenizer.all_special_tokens:
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<graph>"]}, replace_extra_special_tokens=False)
-    llm_config = AutoConfig.from_pretrained(llm)
-    config = LlamoConfig(
-        text_config=llm_config.to_dict(),
-        graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"),
-        projector_type=model_args.projector_type,
-        **parse_config_overrides(model_args.config_overrides),
-    )
-    # Load the LLM's checkpoint straight into LLaMo: its backbone keys become `model.language_model.*`.
-    prefix = AutoModelForCausalLM._model_mapping[type(llm_config)].base_model_prefix
-    model = LlamoForConditionalGeneration.from_pretrained(
+    """A new LLaMo whose language model (and lm_head) are the weights of `llm` (see `llamo.builder.build_llamo`)."""
+    return build_llamo(
         llm,
-        config=config,
-        key_mapping={rf"^{prefix}\.": "model.language_model."},
+        projector_type=model_args.projector_type,
+        config_overrides=parse_config_overrides(model_args.config_overrides),
         dtype=model_args.dtype,
+        chat_template=model_args.chat_template,
+        check_fidelity=model_args.check_fidelity,
         attn_implementation=model_args.attn_implementation,
     )
-    # The checkpoint we write is in LLaMo's own layout: do not rename the keys back to the LLM's on save.
-    model._weight_conversions = []
-    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
-    processor = LlamoProcessor(tokenizer=tokenizer, num_graph_tokens=config.num_graph_tokens)
-    return model, processor
 
 
 def parse_config_overrides(text: str | None) -> dict:
@@ -180,17 +174,19 @@ def trainable_parameters(model: nn.Module) -> dict[str, int]:
 def lora_config(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> LoraConfig:
     """LoRA on the language model's linear layers only (never the GIN or the projector, which is trained fully
     and saved with the adapter as a module to save)."""
-    language_model = model.model.language_model
-    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in language_model.named_modules() if isinstance(module, nn.Linear)})
-    targets = linear_names if model_args.lora_target_modules == ["all-linear"] else model_args.lora_target_modules
-    unknown = sorted(set(targets) - set(linear_names))
-    if unknown:
-        raise ValueError(f"--lora_target_modules {unknown} are not linear layers of the language model; it has {linear_names}")
+    target_regex, targets = lora_target_regex(model.model.language_model, model_args.lora_target_modules)
+    print(f"LoRA targets ({' '.join(model_args.lora_target_modules)}): {', '.join(targets)}")
+    # GPT-2-style Conv1D layers store the weight transposed; PEFT needs to be told (it warns and fixes it otherwise)
+    conv1d = any(
+        isinstance(module, Conv1D) and re.fullmatch(target_regex, f"model.language_model.{name}")
+        for name, module in model.model.language_model.named_modules()
+    )
     return LoraConfig(
+        fan_in_fan_out=conv1d,
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=rf"^model\.language_model\..*\.({'|'.join(map(re.escape, targets))})$",
+        target_modules=target_regex,
         modules_to_save=["projector"] if model.model.projector is not None else None,
         bias="none",
         task_type="CAUSAL_LM",

@@ -164,12 +164,9 @@ SMALL_TEXT_CONFIG = dict(
 
 def build_small_llamo(seed: int = 0, **overrides):
     """(model, processor): a randomly initialized LLaMo with `SMALL_TEXT_CONFIG` and the shipped tiny tokenizer."""
-    import torch
     from transformers import LlamaConfig
 
-    from configuration_llamo import LlamoConfig
-    from modeling_llamo import LlamoForConditionalGeneration
-    from processing_llamo import LlamoProcessor
+    from llamo.builder import build_llamo_from_config
     from llamo.tiny import load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
@@ -180,13 +177,7 @@ def build_small_llamo(seed: int = 0, **overrides):
         pad_token_id=tokenizer.pad_token_id,
         **SMALL_TEXT_CONFIG,
     )
-    config = LlamoConfig(text_config=text_config, graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"), **overrides)
-    torch.manual_seed(seed)
-    model = LlamoForConditionalGeneration(config)
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    processor = LlamoProcessor(tokenizer=tokenizer, num_graph_tokens=config.num_graph_tokens)
-    return model, processor
+    return build_llamo_from_config(text_config, tokenizer, seed=seed, **overrides)
 
 
 def bare_language_model(llamo):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import torch
 from transformers import AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
@@ -51,16 +50,11 @@ def tiny_llamo_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamoC
 
 def build_tiny_llamo(seed: int = 0, **overrides) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """Randomly initialized tiny model and its processor (same `seed` -> same weights)."""
+    from llamo.builder import build_llamo_from_config
+
     tokenizer = load_tiny_tokenizer()
     config = tiny_llamo_config(tokenizer, **overrides)
-    torch.manual_seed(seed)
-    # `_from_config`, not the constructor: under DeepSpeed ZeRO-3 it builds the whole model inside `zero.Init`.
-    model = LlamoForConditionalGeneration._from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    processor = LlamoProcessor(tokenizer=tokenizer, num_graph_tokens=config.num_graph_tokens)
-    return model, processor
+    return build_llamo_from_config(config.text_config, tokenizer, seed=seed, **{**TINY_GRAPH_CONFIG, **overrides})
 
 
 def main() -> None:
