@@ -33,6 +33,12 @@ except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
 
 
+try:  # a relative import, so that save_pretrained copies the pipeline file next to the weights (config.custom_pipelines)
+    from .pipeline_llamo import LlamoPipeline  # noqa: F401
+except ImportError:  # imported as a plain module: `import pipeline_llamo` registers the task
+    pass
+
+
 logger = logging.get_logger(__name__)
 
 @dataclass
