@@ -35,8 +35,8 @@ except ImportError:  # imported as a plain module from the repository root
 
 try:  # a relative import, so that save_pretrained copies the pipeline file next to the weights (config.custom_pipelines)
     from .pipeline_llamo import LlamoPipeline  # noqa: F401
-except ImportError:  # imported as a plain module: `import pipeline_llamo` registers the task
-    pass
+except ImportError:  # imported as a plain module from the repository root
+    from pipeline_llamo import LlamoPipeline  # noqa: F401
 
 
 logger = logging.get_logger(__name__)
