@@ -354,6 +354,11 @@ class LlamoPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16.
     _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
+    # Quantized loading (bitsandbytes 4/8-bit, QLoRA) converts only the language model: transformers' quantizers
+    # skip these modules, and an fp16 load keeps them in fp32. The GIN's embeddings and BatchNorm and the small
+    # projector (trained in both stages) would lose too much, and their inputs are no int8/4-bit activations.
+    # (Patterns: quantizers match a name from its start, the fp16 dtype plan anywhere; the first two for LlamoModel.)
+    _keep_in_fp32_modules = ["graph_encoder", "projector", "model.graph_encoder", "model.projector"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm
