@@ -86,6 +86,12 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llamo.LlamoForConditionalGeneration",
 }
 
+# ... and the `molecule-text-to-text` task to the pipeline saved next to it (pipeline_llamo.py), so that
+# `pipeline(task, model=folder_or_hub_id, trust_remote_code=True)` finds it.
+CUSTOM_PIPELINES = {
+    "molecule-text-to-text": {"impl": "pipeline_llamo.LlamoPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
+}
+
 @dataclass(frozen=True)
 class ProjectorSpec:
     """What a `projector_type` means outside the model code: how many graph-token slots the processor writes per
@@ -205,6 +211,7 @@ class LlamoConfig(PreTrainedConfig):
         self._check_values()
         super().__post_init__(**kwargs)
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+        self.custom_pipelines = {**CUSTOM_PIPELINES, **(getattr(self, "custom_pipelines", None) or {})}
 
     def _check_values(self) -> None:
         if self.projector_type not in PROJECTOR_SPECS:

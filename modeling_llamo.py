@@ -38,6 +38,12 @@ except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 
 
+try:  # a relative import, so that save_pretrained copies the pipeline file next to the weights (config.custom_pipelines)
+    from .pipeline_llamo import LlamoPipeline  # noqa: F401
+except ImportError:  # imported as a plain module from the repository root
+    from pipeline_llamo import LlamoPipeline  # noqa: F401
+
+
 logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the KV-cache argument `past_key_values` to `cache` (generate, the base models and
@@ -525,6 +531,11 @@ class LlamoPreTrainedModel(PreTrainedModel):
     # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16; the
     # modules declare it themselves (`_keep_in_fp32`) and `LlamoModel` collects the names.
     _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
+    # Quantized loading (bitsandbytes 4/8-bit, QLoRA) converts only the language model: transformers' quantizers
+    # skip these modules, and an fp16 load keeps them in fp32. The GIN's embeddings and BatchNorm and the small
+    # projector (trained in both stages) would lose too much, and their inputs are no int8/4-bit activations.
+    # (Patterns: quantizers match a name from its start, the fp16 dtype plan anywhere; the first two for LlamoModel.)
+    _keep_in_fp32_modules = ["graph_encoder", "projector", "model.graph_encoder", "model.projector"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Sequence
 
+from rdkit import Chem
 from transformers import BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
@@ -38,6 +39,10 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}{%- set conversation = messages -%}"
     "{%- endif -%}"
     "{%- for message in conversation -%}"
+    "{%- if message['content'] is iterable and message['content'] is not string -%}"
+    "{{ raise_exception('LLaMo chat content must be text here: molecule items need LlamoProcessor.apply_chat_template, "
+    "or pipeline(\\'molecule-text-to-text\\', model=..., trust_remote_code=True) instead of text-generation') }}"
+    "{%- endif -%}"
     "{%- if message['role'] == 'user' -%}"
     "{%- if loop.first -%}"
     "{{ bos_token }}[INST] <<SYS>>\n{{ system_message }}\n<</SYS>>\n\n{{ content_text(message['content']) | trim }} [/INST]"
@@ -131,7 +136,7 @@ class LlamoProcessor(ProcessorMixin):
     def __call__(
         self,
         text: str | Sequence[str] | None = None,
-        smiles: str | Sequence[str] | Sequence[Sequence[str]] | None = None,
+        smiles: str | Chem.Mol | Sequence[str | Chem.Mol] | Sequence[Sequence[str | Chem.Mol]] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """
@@ -139,10 +144,11 @@ class LlamoProcessor(ProcessorMixin):
 
         Args:
             text: one prompt or a batch; each `<graph>` placeholder stands for one molecule.
-            smiles: the molecules, in placeholder order: one string, a flat list over the whole batch, or one
-                list per prompt.
+            smiles: the molecules, in placeholder order: one SMILES string (or RDKit `Mol`), a flat list over the
+                whole batch, or one list per prompt.
             **kwargs: passed to the tokenizer (`padding`, `padding_side`, `truncation`, `max_length`,
-                `return_tensors`, ...).
+                `return_tensors`, ...). Prompts that already start with the BOS token (rendered by
+                `apply_chat_template(..., tokenize=False)`) get no second one unless `add_special_tokens` is given.
 
         Returns:
             `BatchFeature` with `input_ids`, `attention_mask` and, when there are molecules, the graph inputs
@@ -180,6 +186,10 @@ class LlamoProcessor(ProcessorMixin):
         expanded = [self._expand_placeholders(prompt, replacements) for prompt, replacements in zip(texts, replacements_per_text)]
 
         expanded_texts = [text for text, _ in expanded]
+        bos_token = self.tokenizer.bos_token
+        if "add_special_tokens" not in kwargs and bos_token and all(text.startswith(bos_token) for text in expanded_texts):
+            # The chat template wrote the BOS already (as transformers' own apply_chat_template assumes).
+            kwargs["add_special_tokens"] = False
         if self.piecewise_tokenization:
             text_inputs = self._tokenize_piecewise(expanded_texts, **kwargs)
         else:
@@ -290,9 +300,9 @@ class LlamoProcessor(ProcessorMixin):
         counts = [prompt.count(self.graph_token) for prompt in texts]
         if smiles is None:
             smiles = []
-        elif isinstance(smiles, str):
+        elif isinstance(smiles, (str, Chem.Mol)):
             smiles = [smiles]
-        smiles = list(smiles)
+        smiles = [[as_smiles(s) for s in item] if isinstance(item, (list, tuple)) else as_smiles(item) for item in smiles]
         if smiles and all(isinstance(item, (list, tuple)) for item in smiles):
             if len(smiles) != len(texts):
                 raise ValueError(f"got {len(smiles)} lists of SMILES for {len(texts)} texts")
@@ -353,7 +363,16 @@ class LlamoProcessor(ProcessorMixin):
             smiles.append(molecules)
         if kwargs.get("tokenize", False):
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
-            processor_kwargs["smiles"] = smiles if batched else smiles[0]
+            if any(smiles):
+                if processor_kwargs.get("smiles") is not None:
+                    raise ValueError(
+                        "give the molecules either as {'type': 'molecule', 'smiles': ...} content items or as "
+                        "processor_kwargs={'smiles': [...]} (one per <graph> in string content), not both"
+                    )
+                processor_kwargs["smiles"] = smiles if batched else smiles[0]
+            # Generation prompts are left-padded: a decoder-only model continues each row from its last token.
+            if (kwargs.get("add_generation_prompt") or kwargs.get("continue_final_message")) and "padding_side" not in kwargs:
+                processor_kwargs.setdefault("padding_side", "left")
             kwargs["processor_kwargs"] = processor_kwargs
         return super().apply_chat_template(rendered if batched else rendered[0], chat_template=chat_template, **kwargs)
 
@@ -370,9 +389,9 @@ class LlamoProcessor(ProcessorMixin):
             if kind == "text":
                 items.append(item)
             elif kind == "molecule":
-                if not isinstance(item.get("smiles"), str):
-                    raise ValueError(f"message {index}: a molecule item needs a 'smiles' string, got {item!r}")
-                molecules.append(item["smiles"])
+                if not isinstance(item.get("smiles"), (str, Chem.Mol)):
+                    raise ValueError(f"message {index}: a molecule item needs a 'smiles' string (or RDKit Mol), got {item!r}")
+                molecules.append(as_smiles(item["smiles"]))
                 items.append({"type": "text", "text": self.graph_token})
             else:
                 raise ValueError(f"message {index}: LLaMo content items are 'text' or 'molecule', got {item!r}")
@@ -392,6 +411,17 @@ def plain_data(value: Any) -> Any:
     if callable(getattr(value, "model_dump", None)):
         return plain_data(value.model_dump())
     return value
+
+
+def as_smiles(molecule: str | Chem.Mol) -> str:
+    """A SMILES string for a SMILES string or an RDKit `Mol` (isomeric; the processor decides what the LLM sees)."""
+    if isinstance(molecule, Chem.Mol):
+        if molecule.GetNumAtoms() == 0:
+            raise ValueError("an RDKit Mol with no atoms is not a molecule")
+        return Chem.MolToSmiles(molecule)
+    if not isinstance(molecule, str):
+        raise ValueError(f"molecules are SMILES strings or RDKit Mol objects, got {type(molecule).__name__}")
+    return molecule
 
 
 LlamoProcessor.register_for_auto_class("AutoProcessor")

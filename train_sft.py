@@ -17,6 +17,7 @@ a model card written from the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import re
@@ -28,7 +29,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
-from transformers import TrainerCallback
+from transformers import BitsAndBytesConfig, TrainerCallback
 from transformers.pytorch_utils import Conv1D
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
@@ -74,6 +75,12 @@ class LlamoModelArguments:
         },
     )
     keep_adapter: bool = field(default=False, metadata={"help": "Stage 2: save a PEFT adapter instead of merged weights."})
+    # QLoRA, with TRL's ModelConfig flag names: only the language model is quantized (modeling_llamo declares the
+    # GIN and projector as modules to keep unquantized).
+    load_in_4bit: bool = field(default=False, metadata={"help": "Stage 2 (QLoRA): load the language model in 4-bit (bitsandbytes)."})
+    load_in_8bit: bool = field(default=False, metadata={"help": "Stage 2: load the language model in 8-bit (bitsandbytes)."})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantization type: nf4 or fp4."})
+    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "4-bit: also quantize the quantization constants."})
     license: str = field(default="apache-2.0", metadata={"help": "License written in the model card."})
     chat_template: str = field(
         default="auto",
@@ -133,11 +140,15 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     or stage 2 without alignment, e.g. the text-only `projector_type none` baseline)."""
     if model_args.stage not in (1, 2):
         raise ValueError(f"--stage must be 1 or 2, got {model_args.stage}")
+    quantization = quantization_config(model_args)
     if model_args.init_from is not None:
         if model_args.stage == 1:
             raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
         model = LlamoForConditionalGeneration.from_pretrained(
-            model_args.init_from, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+            model_args.init_from,
+            dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization,
         )
         # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
         return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
@@ -147,6 +158,29 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     if model_args.llm is None:
         return build_tiny_llamo(projector_type=model_args.projector_type, **parse_config_overrides(model_args.config_overrides))
     return build_llamo_around_llm(model_args.llm, model_args)
+
+
+def quantization_config(model_args: LlamoModelArguments) -> BitsAndBytesConfig | None:
+    """The bitsandbytes config of `--load_in_4bit` / `--load_in_8bit` (as TRL's `get_quantization_config`), or None.
+    QLoRA trains LoRA adapters over the stage-1 folder, so it needs stage 2, `--init_from` and `--keep_adapter`
+    (merging into 4/8-bit weights would round the result)."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise ValueError("pass one of --load_in_4bit and --load_in_8bit")
+    if model_args.stage != 2 or model_args.init_from is None or not model_args.keep_adapter:
+        raise ValueError("quantized training (QLoRA) is stage 2 over a stage-1 folder: pass --stage 2 --init_from FOLDER --keep_adapter")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--load_in_4bit / --load_in_8bit need bitsandbytes: pip install bitsandbytes")
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute_dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+    )
 
 
 def set_trainable(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> None:

@@ -7,6 +7,7 @@ per module (see docs/architecture.md):
 | module | job |
 |---|---|
 | `llamo.data` | data formats -> conversations, featurization + tokenization for training, collator, skip counts |
+| `llamo.collator` | `LlamoChatCollator`: stock TRL `SFTTrainer` on raw chat rows with molecules |
 | `llamo.instructions` | RDKit-computed question/answer pairs about molecules |
 | `llamo.metrics` | text, number and molecule metrics |
 | `llamo.baselines` | answers without a language model (retrieval, most common / mean) |

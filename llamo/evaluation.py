@@ -235,6 +235,29 @@ def evaluate_baseline(
     )  # fmt: skip
 
 
+# The headline metrics of each family in the printed summary (all of them are in results.json).
+SUMMARY_METRICS = {
+    "text": ("bleu2_word", "bleu4_word", "meteor_word", "rougeL"),
+    "name": ("exact_match", "bleu2_word", "meteor_word"),
+    "property": ("mae", "unparsable_share"),
+    "molecule": ("validity", "exact_match_inchi", "morgan_similarity"),
+    "exact": ("exact_match",),
+}
+
+
+def summary_table(tasks: dict[str, dict]) -> str:
+    """A Markdown table, one row per task, with the headline metrics of its family (`score`'s output)."""
+    lines = ["| task | n | metric | value |", "|---|---:|---|---:|"]
+    for task, entry in tasks.items():
+        for metric in SUMMARY_METRICS.get(entry.get("family", "exact"), ("exact_match",)):
+            value = entry.get(metric)
+            if metric not in entry:
+                continue
+            shown = "n/a" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+            lines.append(f"| {task} | {entry['n']} | {metric} | {shown} |")
+    return "\n".join(lines)
+
+
 def parse_task_metrics(items: Sequence[str]) -> dict[str, str]:
     """['mol_instructions=molecule', ...] -> {'mol_instructions': 'molecule'}."""
     pairs = dict(item.split("=", 1) for item in items if "=" in item)
@@ -280,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results.update(datasets=args.datasets, rows_skipped=skipped)
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({"tasks": results["tasks"], "rows_skipped": skipped}, indent=2))
+    print(f"\nSummary ({results['model']}, {results['examples']} examples):\n" + summary_table(results["tasks"]))
     return results
 
 

@@ -21,41 +21,72 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from rdkit import Chem
-from rdkit.Chem import Crippen, Descriptors, Fragments, rdMolDescriptors
+from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
+from tqdm.auto import tqdm
 
 from featurization_llamo import functional_groups, parse_smiles
 
 
-# RDKit fragment counters -> the names used in questions and answers.
-NAMED_GROUPS = {
-    "fr_COO": "carboxylic acid",
-    "fr_ester": "ester",
-    "fr_amide": "amide",
-    "fr_ketone": "ketone",
-    "fr_aldehyde": "aldehyde",
-    "fr_ether": "ether",
-    "fr_Al_OH": "aliphatic hydroxyl group",
-    "fr_phenol": "phenol",
-    "fr_NH2": "primary amine",
-    "fr_nitro": "nitro group",
-    "fr_nitrile": "nitrile",
-    "fr_halogen": "halogen atom",
-    "fr_benzene": "benzene ring",
-    "fr_pyridine": "pyridine ring",
-    "fr_furan": "furan ring",
-    "fr_thiophene": "thiophene ring",
-    "fr_imidazole": "imidazole ring",
-    "fr_lactone": "lactone",
-    "fr_lactam": "lactam",
-    "fr_sulfonamd": "sulfonamide",
-    "fr_SH": "thiol",
-    "fr_sulfide": "thioether",
-    "fr_azo": "azo group",
-    "fr_phos_acid": "phosphoric acid group",
-    "fr_urea": "urea group",
-    "fr_epoxide": "epoxide",
-    "fr_alkyl_halide": "alkyl halide",
+# Functional groups by SMARTS, written for this project and checked by hand on the molecules of
+# tests/test_instructions.py. Conventions a chemist expects (and RDKit's fragment counters miss):
+# - an amine N is not aromatic, has no double or triple bond and is bonded only to carbon (and H): no amide,
+#   sulfonamide, nitro, hydrazine or amidine N. Its degree counts carbons: primary RNH2 (or RNH3+), secondary,
+#   tertiary, quaternary ammonium. Aryl amines (aniline) are amines.
+# - an ester / amide is named lactone / lactam when its C(=O)-O / C(=O)-N bond is in a ring, never both.
+# - an ether O joins two carbons neither of which is a carbonyl / imine / thiocarbonyl carbon (so an ester's O is
+#   not an ether), outside three-membered rings (epoxides). Aromatic O (furan) is not an ether.
+# - halogens: on an sp3 carbon an alkyl halide, except a CF3 group (trifluoromethyl); on an aromatic carbon an aryl
+#   halide; a free halide anion (NaCl's Cl-) is a halide ion, not a group of a molecule.
+_AMINE_N = "!a;!$([#7]~[!#6;!#1]);!$([#7]=,#*);!$([#7][#6]=[#7,#8,#16])"
+_NOT_CARBONYL_C = "!$([#6]=[#7,#8,#16])"
+FUNCTIONAL_GROUP_SMARTS = {
+    "carboxylic acid": "[CX3;$([CH1]),$(C[#6])](=O)[OX2H1]",
+    "carboxylate": "[CX3;$([CH1]),$(C[#6])](=O)[OX1-]",
+    "ester": "[#6][CX3](=O)!@[OX2][#6]",
+    "lactone": "[#6][#6X3](=O)@[OX2,o]@[#6]",
+    "amide": "[#6][CX3](=O)!@[NX3]",
+    "lactam": "[#6][#6X3](=O)@[#7X3]",  # aromatic too: 2-pyridone, the xanthine ring of caffeine
+    "urea group": "[#7X3][#6X3](=O)[#7X3]",
+    "guanidine group": "[NX3][CX3](=[NX2])[NX3]",
+    "imine": "[CX3;$(C([#6])[#6]),$([CH1][#6]),$([CH2])]=[NX2][#6,#1]",
+    "carbamate": "[NX3][CX3](=O)[OX2][#6]",
+    "ketone": "[#6][CX3](=O)[#6]",
+    "aldehyde": "[CX3H1](=O)[#6]",
+    "ether": f"[OX2;!r3]([#6;{_NOT_CARBONYL_C}])[#6;{_NOT_CARBONYL_C}]",
+    "epoxide": "[OX2;r3]1[#6][#6]1",
+    "aliphatic hydroxyl group": "[OX2H1][CX4]",
+    "phenol": "[OX2H1]c",
+    "primary amine": f"[$([NX3H2]),$([NX4H3+]);{_AMINE_N}]",
+    "secondary amine": f"[$([NX3H1]),$([NX4H2+]);{_AMINE_N}]",
+    "tertiary amine": f"[$([NX3H0]),$([NX4H1+]);{_AMINE_N}]",
+    "quaternary ammonium": f"[NX4H0+;{_AMINE_N}]",
+    "nitro group": "[$([NX3](=O)=O),$([NX3+](=O)[O-])][#6]",
+    "nitrile": "[NX1]#[CX2][#6]",
+    "azo group": "[#6][NX2]=[NX2][#6]",
+    "thiol": "[SX2H1][#6]",
+    "thioether": f"[SX2;!a]([#6;{_NOT_CARBONYL_C}])[#6;{_NOT_CARBONYL_C}]",
+    "sulfonamide": "[SX4](=O)(=O)[NX3]",
+    "sulfone": "[#6][SX4](=O)(=O)[#6]",
+    "phosphate group": "[PX4](=O)([OX2,OX1-])([OX2,OX1-])[OX2,OX1-]",
+    "alkene": "[CX3]=[CX3]",
+    "alkyne": "[CX2]#[CX2]",
+    "alkyl halide": "[CX4;!$(C(F)(F)F)][F,Cl,Br,I]",
+    "trifluoromethyl group": "[CX4](F)(F)F",
+    "aryl halide": "c[F,Cl,Br,I]",
+    "halide ion": "[F-,Cl-,Br-,I-;X0]",
+    "benzene ring": "c1ccccc1",
+    "pyridine ring": "[nX2]1ccccc1",
+    "furan ring": "o1cccc1",
+    "thiophene ring": "s1cccc1",
+    "imidazole ring": "[#7]1:[#6]:[#7]:[#6]:[#6]:1",
 }
+FUNCTIONAL_GROUP_PATTERNS = {name: Chem.MolFromSmarts(smarts) for name, smarts in FUNCTIONAL_GROUP_SMARTS.items()}
+NAMED_GROUPS = {name: name for name in FUNCTIONAL_GROUP_SMARTS}  # every name the questions may ask about
+
+
+def named_groups(mol: Chem.Mol) -> tuple[str, ...]:
+    """The functional groups of `FUNCTIONAL_GROUP_SMARTS` present in `mol`, sorted by name."""
+    return tuple(sorted(name for name, pattern in FUNCTIONAL_GROUP_PATTERNS.items() if mol.HasSubstructMatch(pattern)))
 
 
 @dataclass(frozen=True)
@@ -78,7 +109,7 @@ class MoleculeFacts:
     stereocentres: int
     components: int
     motifs: int  # LLaMo's functional groups (motif extractor), rings included
-    groups: tuple[str, ...]  # named groups found by RDKit's fragment functions, sorted
+    groups: tuple[str, ...]  # named groups found by FUNCTIONAL_GROUP_SMARTS, sorted
 
 
 def molecule_facts(mol: Chem.Mol) -> MoleculeFacts:
@@ -98,7 +129,7 @@ def molecule_facts(mol: Chem.Mol) -> MoleculeFacts:
         stereocentres=len(Chem.FindMolChiralCenters(mol, includeUnassigned=True, useLegacyImplementation=False)),
         components=len(Chem.GetMolFrags(mol)),
         motifs=len(functional_groups(mol)),
-        groups=tuple(sorted(name for function, name in NAMED_GROUPS.items() if getattr(Fragments, function)(mol) > 0)),
+        groups=named_groups(mol),
     )
 
 
@@ -283,6 +314,9 @@ def assistant(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
+PROGRESS_MIN_MOLECULES = 1000
+
+
 def read_smiles_column(path: pathlib.Path, column: str | None = None) -> list[str]:
     """SMILES from a .txt/.smi file (first token per line) or a CSV/TSV with a `smiles` column (any case)."""
     if path.suffix in (".txt", ".smi"):
@@ -316,9 +350,11 @@ def main() -> None:
             invalid.append((index, str(error)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
+    # A progress bar by molecule on inputs big enough to take a while (about 2.5 ms per molecule).
+    progress = tqdm(smiles, desc="molecules", unit="mol", disable=len(smiles) < PROGRESS_MIN_MOLECULES)
     with args.output.open("w", encoding="utf-8") as handle:
         for row in generate_examples(
-            smiles, args.questions_per_molecule, args.multi_turn_fraction, not args.no_descriptions, seed=args.seed
+            progress, args.questions_per_molecule, args.multi_turn_fraction, not args.no_descriptions, seed=args.seed
         ):
             handle.write(json.dumps(row) + "\n")
             rows += 1

@@ -63,12 +63,29 @@ def exact_match(prediction: str, reference: str) -> bool:
     return normalize(prediction) == normalize(reference)
 
 
+# A number written as a word of its own: not glued to letters, brackets, bond symbols or another number, as digits
+# are inside a SMILES (`c1ccccc1`), a formula (`C9H8O4`), a name (`propan-2-ol`, `1,2-diol`) or a date.
+STANDALONE_NUMBER = re.compile(
+    r"(?<![\w.,+\-=#()\[\]/\\@:^])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w(\[=#@/\\:]|[.,]\d|-[A-Za-z\d])"
+)
+# What may follow the final number of an answer: one of these units and a full stop.
+UNITS = r"g/mol|g mol-1|Da|kDa|Hartrees?|Ha|eV|meV|kcal/mol|kJ/mol|a\.u\.|au|Debye|D|K|Å\^?2|Å²|A\^2|bohr\^?3|%"
+ANSWER_TAIL = re.compile(rf"\s*(?:{UNITS})?\s*[.!]?\s*", re.IGNORECASE)
+
+
 def parse_number(text: str) -> float | None:
-    """The first number in the text, or None when there is none (or it is not finite)."""
-    match = NUMBER.search(text)
-    if match is None:
+    """The number an answer gives: its sole number, or the final one when the answer ends with it (a unit and a full
+    stop may follow). None otherwise: no number, several with text after the last (`1 2 3 C1CC`), a number only
+    inside a SMILES, formula or name, or a value that is not finite. Random text thus counts as unparsable
+    instead of lending its first digit to the score."""
+    text = text.replace("\u2212", "-")  # Unicode minus sign
+    matches = list(STANDALONE_NUMBER.finditer(text))
+    if not matches:
         return None
-    value = float(match.group())
+    last = matches[-1]
+    if len(matches) > 1 and not ANSWER_TAIL.fullmatch(text, last.end()):
+        return None
+    value = float(last.group())
     return value if math.isfinite(value) else None
 
 

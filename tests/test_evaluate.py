@@ -179,3 +179,21 @@ def test_cli_beam_search_and_retrieval_baseline(tmp_path, task_files, trained_fo
     assert retrieval["tasks"]["iupac"]["exact_match"] == 1 and retrieval["kind"] == "baseline"
     rows = [json.loads(line) for line in (tmp_path / "nn" / "predictions.jsonl").read_text().splitlines()]
     assert {row["similarity"] for row in rows} == {1.0}
+
+
+def test_summary_table_has_one_row_per_task_and_headline_metric():
+    from llamo.evaluation import summary_table
+
+    tasks = {
+        "iupac": {"n": 4, "family": "name", "exact_match": 0.25, "bleu2_word": 10.0, "meteor_word": 0.5},
+        "property": {"n": 3, "family": "property", "mae": None, "unparsable_share": 1.0},
+    }
+    assert summary_table(tasks).splitlines() == [
+        "| task | n | metric | value |",
+        "|---|---:|---|---:|",
+        "| iupac | 4 | exact_match | 0.25 |",
+        "| iupac | 4 | bleu2_word | 10 |",
+        "| iupac | 4 | meteor_word | 0.5 |",
+        "| property | 3 | mae | n/a |",
+        "| property | 3 | unparsable_share | 1 |",
+    ]

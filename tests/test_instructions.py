@@ -99,3 +99,81 @@ def test_cli_writes_json_lines_and_counts_invalid_smiles(tmp_path):
     assert "skipped row 1: invalid SMILES 'C1CC('" in result.stdout
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert {row["smiles"] for row in rows} == {"CC(=O)Oc1ccccc1C(=O)O", "CCO"}
+
+
+# Functional groups a chemist names, checked by hand (llamo.instructions.FUNCTIONAL_GROUP_SMARTS). RDKit's fragment
+# counters, used before, called atenolol's amide NH2 "a primary amine", aspirin's ester O "an ether", fluoxetine's
+# aryl CF3 "an alkyl halide", found no amine in nicotine, lidocaine or morphine and gave NaCl "a halogen atom".
+HAND_CHECKED_GROUPS = {
+    "CC(=O)Oc1ccccc1C(=O)O": {"carboxylic acid", "ester", "benzene ring"},  # aspirin
+    "CC(C)NCC(O)COc1ccc(CC(N)=O)cc1": {"secondary amine", "aliphatic hydroxyl group", "ether", "amide", "benzene ring"},  # atenolol
+    "CNCCC(Oc1ccc(cc1)C(F)(F)F)c1ccccc1": {"secondary amine", "ether", "trifluoromethyl group", "benzene ring"},  # fluoxetine
+    "CN1CCC[C@H]1c1cccnc1": {"tertiary amine", "pyridine ring"},  # nicotine
+    "CCN(CC)CC(=O)Nc1c(C)cccc1C": {"tertiary amine", "amide", "benzene ring"},  # lidocaine
+    "CN1CC[C@]23c4c5ccc(O)c4O[C@H]2[C@@H](O)C=C[C@H]3[C@H]1C5":  # morphine
+        {"tertiary amine", "phenol", "aliphatic hydroxyl group", "ether", "alkene", "benzene ring"},
+    "[Na+].[Cl-]": {"halide ion"},  # sodium chloride
+    "CC(=O)Nc1ccc(O)cc1": {"amide", "phenol", "benzene ring"},  # paracetamol
+    "CC(C)Cc1ccc(cc1)C(C)C(=O)O": {"carboxylic acid", "benzene ring"},  # ibuprofen
+    "CCOC(=O)c1ccc(N)cc1": {"ester", "primary amine", "benzene ring"},  # benzocaine
+    "Nc1ccc(cc1)S(N)(=O)=O": {"primary amine", "sulfonamide", "benzene ring"},  # sulfanilamide
+    "Cn1cnc2c1c(=O)n(C)c(=O)n2C": {"imidazole ring", "lactam", "urea group"},  # caffeine
+    "CC1(C)S[C@@H]2[C@H](NC(=O)Cc3ccccc3)C(=O)N2[C@H]1C(=O)O":  # penicillin G
+        {"amide", "lactam", "carboxylic acid", "thioether", "benzene ring"},
+    "OC(=O)Cc1ccccc1Nc1c(Cl)cccc1Cl": {"carboxylic acid", "secondary amine", "aryl halide", "benzene ring"},  # diclofenac
+    "CN(C)C(=N)NC(N)=N": {"guanidine group"},  # metformin
+    "CN1C(=O)CN=C(c2ccccc2)c2cc(Cl)ccc12": {"lactam", "imine", "aryl halide", "benzene ring"},  # diazepam
+    "C[C@@H]([NH3+])C(=O)[O-]": {"primary amine", "carboxylate"},  # alanine zwitterion
+    "CSCCC(N)C(=O)O": {"thioether", "primary amine", "carboxylic acid"},  # methionine
+    "C[N+](C)(C)C": {"quaternary ammonium"},
+    "CCO": {"aliphatic hydroxyl group"},
+    "CC(C)=O": {"ketone"},
+    "O=Cc1ccccc1": {"aldehyde", "benzene ring"},
+    "CCOCC": {"ether"},
+    "CCOC(C)=O": {"ester"},
+    "O=C1CCCO1": {"lactone"},
+    "O=C1CCCN1": {"lactam"},
+    "NC(N)=O": {"urea group"},
+    "Nc1ccccc1": {"primary amine", "benzene ring"},
+    "CN(C)C": {"tertiary amine"},
+    "CC#N": {"nitrile"},
+    "O=[N+]([O-])c1ccccc1": {"nitro group", "benzene ring"},
+    "CCCl": {"alkyl halide"},
+    "Clc1ccccc1": {"aryl halide", "benzene ring"},
+    "C1CO1": {"epoxide"},
+    "CCS": {"thiol"},
+    "C=Cc1ccccc1": {"alkene", "benzene ring"},
+    "c1ccc(cc1)N=Nc1ccccc1": {"azo group", "benzene ring"},
+    "c1ccsc1": {"thiophene ring"},
+    "c1ccoc1": {"furan ring"},
+    "c1cnc[nH]1": {"imidazole ring"},
+    "C": set(),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("smiles", HAND_CHECKED_GROUPS)
+def test_functional_groups_are_the_ones_a_chemist_names(smiles):
+    assert set(molecule_facts(parse_smiles(smiles)).groups) == HAND_CHECKED_GROUPS[smiles]
+
+
+def test_every_group_pattern_is_valid_smarts_and_used_by_a_hand_checked_molecule():
+    from llamo.instructions import FUNCTIONAL_GROUP_PATTERNS
+
+    assert all(pattern is not None for pattern in FUNCTIONAL_GROUP_PATTERNS.values())
+    checked = set().union(*HAND_CHECKED_GROUPS.values())
+    untested = set(FUNCTIONAL_GROUP_PATTERNS) - checked
+    assert untested <= {"carbamate", "sulfone", "phosphate group", "alkyne"}, untested
+
+
+def test_cli_shows_a_progress_bar_on_large_inputs(tmp_path, monkeypatch, capsys):
+    import llamo.instructions as instructions
+
+    source = tmp_path / "molecules.txt"
+    source.write_text("CCO\nc1ccccc1\nCC(=O)O\n")
+    monkeypatch.setattr(instructions, "PROGRESS_MIN_MOLECULES", 3)
+    monkeypatch.setattr(sys, "argv", ["llamo-instructions", "--input", str(source), "--output", str(tmp_path / "o.jsonl")])
+    instructions.main()
+    assert "3/3" in capsys.readouterr().err  # tqdm's bar, on stderr
+    monkeypatch.setattr(instructions, "PROGRESS_MIN_MOLECULES", 4)  # below the threshold: no bar
+    instructions.main()
+    assert "3/3" not in capsys.readouterr().err

@@ -177,3 +177,29 @@ def test_wordnet_is_copied_with_lf_line_endings_when_nltk_lacks_it(tmp_path, mon
     assert b"\r\n" not in noun_index and b"\nautomobile n " in noun_index
     assert nltk.data.path[0] == str(tmp_path.resolve())
     assert ensure_wordnet(tmp_path) == tmp_path.resolve()  # a second call reuses the copy
+
+
+@pytest.mark.parametrize(
+    "answer, value",
+    [
+        ("-0.25", -0.25),
+        ("The molecular weight is 180.16 g/mol.", 180.16),
+        ("TPSA: 63.60 Å^2", 63.6),
+        ("\u22120.5 eV", -0.5),  # Unicode minus
+        ("HOMO -0.25 Ha, LUMO 0.1 Ha", 0.1),  # several numbers: the final one, the answer ends with it
+        # garbage or numbers that are parts of other things: unparsable (the first-number rule read 1, 9, 2, 1 and 1)
+        ("CC(=O)Oc1ccccc1C(=O)O", None),
+        ("C9H8O4", None),
+        ("propan-2-ol", None),
+        ("1 2 3 C1CC", None),
+        ("it has 3 rings and 2 double bonds", None),
+    ],
+)
+def test_parse_number_reads_the_sole_or_final_number_only(answer, value):
+    assert parse_number(answer) == value
+
+
+def test_random_text_does_not_count_as_parsed():
+    # the first-number rule scored 3 of these 3 gibberish answers as "parsed"
+    scores = regression_metrics(["c1ccc2 ring 4 of 5 the", "CC1=CC(N)C1 the", "[NH3+]C(C)2 is is"], ["0.1", "0.2", "0.3"])
+    assert scores == {"mae": None, "parsed": 0, "unparsable": 3, "unparsable_share": 1.0}

@@ -191,3 +191,54 @@ def test_prompt_smiles_of_long_molecules_is_truncated_to_128_characters(processo
     ids = processor(text="<graph>", smiles=long_smiles)["input_ids"][0]
     shown = processor.decode(ids[: ids.index(processor.graph_token_id)], skip_special_tokens=True)
     assert shown == prompt_smiles(parse_smiles(long_smiles))[:128] and len(shown) == 128
+
+
+# --- Issue 16: the paths transformers users reach for next ---------------------------------------------------------
+
+
+def test_batched_chat_is_left_padded_and_each_row_answers_as_alone(tiny):
+    model, processor = tiny
+    chats = [user_turn(MOLECULES["aspirin"], "Describe this molecule in detail, please."), user_turn("CCO", "Describe.")]
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    batch = processor.apply_chat_template(chats, processor_kwargs={"padding": True}, **kwargs)
+    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][1, -1] == 1  # the short row: padded on the left
+    out = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    for row, chat in enumerate(chats):
+        alone = processor.apply_chat_template(chat, **kwargs)
+        expected = model.generate(**alone, max_new_tokens=6, do_sample=False)[0, alone["input_ids"].shape[1] :]
+        assert out[row, batch["input_ids"].shape[1] :].tolist() == expected.tolist(), row
+
+
+def test_rendered_chat_then_processor_has_one_bos(processor):
+    chat = user_turn("CCO", "Describe.")
+    text = processor.apply_chat_template(chat, add_generation_prompt=True)
+    assert text.startswith(processor.tokenizer.bos_token)
+    ids = processor(text=text, smiles=["CCO"])["input_ids"][0]
+    assert ids.count(processor.tokenizer.bos_token_id) == 1
+    assert ids == processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"][0]
+
+
+def test_string_content_with_placeholder_takes_smiles_from_processor_kwargs(processor):
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
+    from_string = processor.apply_chat_template(
+        [{"role": "user", "content": "<graph> Describe."}], processor_kwargs={"smiles": ["c1ccccc1"]}, **kwargs
+    )
+    from_items = processor.apply_chat_template(user_turn("c1ccccc1", "Describe."), **kwargs)
+    assert from_string["input_ids"] == from_items["input_ids"]
+    assert torch.equal(from_string["graph_node_features"], from_items["graph_node_features"])
+    with pytest.raises(ValueError, match="not both"):
+        processor.apply_chat_template(user_turn("CCO", "and <graph>?"), processor_kwargs={"smiles": ["CCN"]}, **kwargs)
+
+
+def test_rdkit_mol_objects_are_accepted_like_smiles(processor):
+    from rdkit import Chem
+
+    by_smiles = processor(text=["<graph> and <graph>"], smiles=[MOLECULES["aspirin"], "CCO"], return_tensors="pt")
+    by_mol = processor(text=["<graph> and <graph>"], smiles=[Chem.MolFromSmiles(MOLECULES["aspirin"]), Chem.MolFromSmiles("CCO")], return_tensors="pt")
+    assert by_smiles.keys() == by_mol.keys() and all(torch.equal(by_smiles[k], by_mol[k]) for k in by_smiles)
+    chat = [{"role": "user", "content": [{"type": "molecule", "smiles": Chem.MolFromSmiles("CCO")}, {"type": "text", "text": "Hi"}]}]
+    assert processor.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"] == processor.apply_chat_template(
+        user_turn("CCO", "Hi"), tokenize=True, return_dict=True
+    )["input_ids"]
+    with pytest.raises(ValueError, match="no atoms"):
+        processor(text="<graph>", smiles=Chem.Mol())
