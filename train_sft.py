@@ -29,7 +29,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
@@ -37,6 +36,7 @@ from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 from llamo.tiny import build_tiny_llamo
+from llamo.checkpoints import resolve_resume
 
 
 @dataclass
@@ -318,9 +318,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         callbacks=callbacks,
     )
     trainable = trainable_parameters(trainer.model)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("last", "True", "true"):
-        resume = get_last_checkpoint(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
     result = trainer.train(resume_from_checkpoint=resume)
 
     final_model = trainer.model
