@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
+from featurization_llamo import parse_smiles
+from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, SkipReport, conversation_with_molecules, load_mixture, split_by_molecule
 from llamo.metrics import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
 
 
@@ -80,7 +81,25 @@ def load_examples(
         _, conversations = split_by_molecule(conversations, eval_fraction)
     if max_examples is not None:
         conversations = conversations.select(range(min(max_examples, len(conversations))))
-    return examples_from_conversations(conversations), skipped.to_dict()
+    examples = valid_examples(examples_from_conversations(conversations), skipped)
+    return examples, skipped.to_dict()
+
+
+def valid_examples(examples: Sequence[Example], report: SkipReport) -> list[Example]:
+    """The examples whose molecules parse and fit the featurization limits, and whose placeholders match their
+    SMILES, as training requires; the others are counted in `report` (one bad row must not abort an evaluation
+    after hours of generation)."""
+    kept = []
+    for example in examples:
+        try:
+            for smiles in example.smiles:
+                parse_smiles(smiles)
+            conversation_with_molecules(example.smiles, example.messages)
+        except ValueError as error:
+            report.add("invalid molecule or placeholders", f"example {example.id}: {error}")
+            continue
+        kept.append(example)
+    return kept
 
 
 def question_kind(example: Example) -> str:

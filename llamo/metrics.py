@@ -170,22 +170,25 @@ def name_metrics(predictions: Sequence[str], references: Sequence[str], tokenize
 def regression_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float | int | None]:
     """MAE over the answers that hold a number, and how many did not (counted, never dropped silently).
 
-    A reference without a number is an error in the data and raises."""
+    A reference without a finite number (an error in the data: empty, `inf`, `nan`) cannot be scored: it is counted
+    in `invalid_references` and left out of every other figure, instead of aborting the whole evaluation."""
     _check_lengths(predictions, references)
-    errors = []
+    errors, scored = [], 0
     for prediction, reference in zip(predictions, references):
         target = parse_number(reference)
         if target is None:
-            raise ValueError(f"reference {reference!r} holds no number")
+            continue
+        scored += 1
         value = parse_number(prediction)
         if value is not None:
             errors.append(abs(value - target))
-    unparsable = len(predictions) - len(errors)
+    unparsable = scored - len(errors)
     return {
         "mae": sum(errors) / len(errors) if errors else None,
         "parsed": len(errors),
         "unparsable": unparsable,
-        "unparsable_share": unparsable / len(predictions),
+        "unparsable_share": unparsable / scored if scored else None,
+        "invalid_references": len(references) - scored,
     }
 
 
