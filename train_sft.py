@@ -135,8 +135,8 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
         if model_args.stage == 1:
             raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
         model = LlamoForConditionalGeneration.from_pretrained(model_args.init_from, dtype=model_args.dtype)
-        # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
-        return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
+        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
+        return model, LlamoProcessor.from_pretrained(model_args.init_from)
     if model_args.stage == 1 and model_args.projector_type == "none":
         raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
     if model_args.llm is None:

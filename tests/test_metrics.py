@@ -188,3 +188,35 @@ def test_wordnet_is_copied_with_lf_line_endings_when_nltk_lacks_it(tmp_path, mon
     assert b"\r\n" not in noun_index and b"\nautomobile n " in noun_index
     assert nltk.data.path[0] == str(tmp_path.resolve())
     assert ensure_wordnet(tmp_path) == tmp_path.resolve()  # a second call reuses the copy
+
+
+def test_wordnet_copy_repairs_a_partial_target_and_leaves_no_staging_folder(tmp_path, monkeypatch):
+    # issue 18 problem 11: each failed attempt leaked a staging folder, and a partial copy was never repaired
+    import pathlib
+
+    import nltk
+
+    from llamo import metrics
+
+    monkeypatch.setattr(nltk.data, "find", lambda resource, *args, **kwargs: (_ for _ in ()).throw(LookupError(resource)))
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    partial = tmp_path / "corpora" / "wordnet"
+    partial.mkdir(parents=True)
+    (partial / "data.noun").write_text("cut off")  # a killed copy: some files, no completion marker
+    original_write = pathlib.Path.write_bytes
+    calls = []
+
+    def failing_write(self, data):
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original_write(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        ensure_wordnet(tmp_path)
+    assert sorted(path.name for path in (tmp_path / "corpora").iterdir()) == ["wordnet"]  # no staging folder left
+    monkeypatch.setattr(pathlib.Path, "write_bytes", original_write)
+    ensure_wordnet(tmp_path)
+    assert sorted(path.name for path in (tmp_path / "corpora").iterdir()) == ["wordnet"]
+    assert (partial / metrics.WORDNET_COMPLETE).is_file() and (partial / "data.noun").stat().st_size > 1_000_000
