@@ -13,9 +13,11 @@ model's forward only ever sees the integer / float tensors produced here.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -107,33 +109,75 @@ class MoleculeGraph:
         return self.motif_features.shape[0]
 
 
-def parse_smiles(smiles: str) -> Chem.Mol:
-    """Parse and sanitize a SMILES string with RDKit; raise `ValueError` saying what is wrong with it.
+# Limits checked before RDKit sees a SMILES (both configurable per call and on `LlamoProcessor`). Every molecule of
+# ChEBI-20, PubChem324k and QM9 fits with room to spare (the largest in this repository's data: 1,186 characters,
+# 458 atoms). Past them RDKit work grows quadratically (motifs, rings) and `MolToSmiles` recurses once per chain
+# atom or branch level, overflowing the C stack (SIGSEGV) at about 19,000 -- a crash no `except` can catch.
+MAX_SMILES_LENGTH = 20_000
+MAX_ATOMS = 2_000
+# How much of a rejected input an error message repeats (a 1 MB input is not echoed whole).
+_REPR_LIMIT = 80
 
-    Surrounding whitespace is stripped. Inner whitespace is refused: RDKit would silently read everything
-    after the first space as the molecule's name and drop it.
-    """
+
+def short_repr(value: object, limit: int = _REPR_LIMIT) -> str:
+    """`repr(value)`, cut to about `limit` characters with the full length noted, for error messages."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}... ({len(text):,} characters of repr)"
+
+
+def check_smiles_text(smiles: str, max_length: int | None = MAX_SMILES_LENGTH) -> str:
+    """The stripped SMILES if it may be given to RDKit, else `ValueError` naming (a cut repr of) the input.
+
+    Refused before parsing: non-strings, empty text, inner whitespace (RDKit reads everything after a space as the
+    molecule's name), text longer than `max_length`, and any character that is not printable ASCII -- RDKit silently
+    drops leading/trailing non-ASCII, control and NUL characters (`'\u4e2dO'` would be water) and cannot encode
+    lone surrogates."""
     if not isinstance(smiles, str):
-        raise ValueError(f"expected a SMILES string, got {type(smiles).__name__} {smiles!r}")
+        raise ValueError(f"expected a SMILES string, got {type(smiles).__name__} {short_repr(smiles)}")
     text = smiles.strip()
     if not text:
-        raise ValueError(f"empty SMILES {smiles!r}: a molecule needs at least one atom")
+        raise ValueError(f"empty SMILES {short_repr(smiles)}: a molecule needs at least one atom")
+    if max_length is not None and len(text) > max_length:
+        raise ValueError(f"SMILES too long {short_repr(smiles)}: {len(text):,} characters > the limit of {max_length:,}")
     if len(text.split(maxsplit=1)) > 1:
-        raise ValueError(f"invalid SMILES {smiles!r}: it contains whitespace")
+        raise ValueError(f"invalid SMILES {short_repr(smiles)}: it contains whitespace")
+    if not text.isascii() or not text.isprintable():
+        bad = next(character for character in text if not (character.isascii() and character.isprintable()))
+        raise ValueError(f"invalid SMILES {short_repr(smiles)}: {bad!r} is not a printable ASCII character")
+    return text
+
+
+def parse_smiles(smiles: str, max_length: int | None = MAX_SMILES_LENGTH, max_atoms: int | None = MAX_ATOMS) -> Chem.Mol:
+    """Parse and sanitize a SMILES string with RDKit; raise `ValueError` saying what is wrong with it.
+
+    Surrounding whitespace is stripped. The text is checked first (`check_smiles_text`: length, whitespace, printable
+    ASCII), and a molecule with more than `max_atoms` atoms is refused before anything else walks its graph.
+    """
+    text = check_smiles_text(smiles, max_length)
     with rdBase.BlockLogs():  # RDKit reports problems on the C++ stderr stream; we raise them instead
-        mol = Chem.MolFromSmiles(text)
+        try:
+            mol = Chem.MolFromSmiles(text)
+        except RuntimeError as error:  # e.g. '[#119]': an atomic number RDKit has no element for
+            raise ValueError(f"invalid SMILES {short_repr(smiles)}: {error}") from None
         if mol is None:
-            raise ValueError(f"invalid SMILES {smiles!r}: {_diagnose_unparsable(text)}")
+            raise ValueError(f"invalid SMILES {short_repr(smiles)}: {_diagnose_unparsable(text)}")
     if mol.GetNumAtoms() == 0:
-        raise ValueError(f"empty SMILES {smiles!r}: a molecule needs at least one atom")
+        raise ValueError(f"empty SMILES {short_repr(smiles)}: a molecule needs at least one atom")
+    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
+        raise ValueError(f"molecule too large {short_repr(smiles)}: {mol.GetNumAtoms():,} atoms > the limit of {max_atoms:,}")
     return mol
 
 
 def _diagnose_unparsable(text: str) -> str:
-    unsanitized = Chem.MolFromSmiles(text, sanitize=False)
-    if unsanitized is None:
-        return "RDKit cannot parse it (syntax error)"
-    problems = Chem.DetectChemistryProblems(unsanitized)
+    try:  # RDKit raises RuntimeError (not a chemistry problem) for atomic numbers it has no element for, e.g. [#119]
+        unsanitized = Chem.MolFromSmiles(text, sanitize=False)
+        if unsanitized is None:
+            return "RDKit cannot parse it (syntax error)"
+        problems = Chem.DetectChemistryProblems(unsanitized)
+    except RuntimeError as error:
+        return " ".join(line.strip() for line in str(error).strip().splitlines()[:2])
     return problems[0].Message() if problems else "RDKit rejects it"
 
 
@@ -437,39 +481,105 @@ def featurize_molecule(mol: Chem.Mol) -> MoleculeGraph:
     )
 
 
-# Molecules featurized by `featurize_smiles` that are kept for reuse (about 10 kB each for ChEBI-sized molecules).
+# Molecules featurized by `featurize_smiles` that are kept for reuse: at most this many, and at most this many bytes
+# of arrays (about 10 kB each for ChEBI-sized molecules; a 2,000-atom molecule takes about 1 MB).
 FEATURIZE_CACHE_SIZE = 4096
+FEATURIZE_CACHE_BYTES = 256 * 2**20
+
+
+class CacheInfo(NamedTuple):
+    """`functools.lru_cache`'s statistics, plus the bytes held."""
+
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+    nbytes: int = 0
+    maxbytes: int = 0
+
+
+class _FeaturizationCache:
+    """Thread-safe LRU cache bounded by entry count *and* array bytes (the demo serves requests from threads)."""
+
+    def __init__(self, maxsize: int, maxbytes: int):
+        self.maxsize, self.maxbytes = maxsize, maxbytes
+        self._entries: OrderedDict[tuple, tuple[tuple[MoleculeGraph | None, str], int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.nbytes = 0
+
+    def get(self, key: tuple):
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: tuple, value: tuple[MoleculeGraph | None, str]) -> None:
+        graph = value[0]
+        size = len(value[1]) + (0 if graph is None else sum(
+            array.nbytes for array in (graph.node_features, graph.edge_index, graph.edge_features, graph.motif_features)
+        ))  # fmt: skip
+        if size > self.maxbytes:
+            return  # a molecule bigger than the whole budget is not kept
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, size)
+            self.nbytes += size
+            while len(self._entries) > self.maxsize or self.nbytes > self.maxbytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.nbytes -= evicted
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.hits = self.misses = self.nbytes = 0
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self.hits, self.misses, self.maxsize, len(self._entries), self.nbytes, self.maxbytes)
+
+
+_FEATURIZE_CACHE = _FeaturizationCache(FEATURIZE_CACHE_SIZE, FEATURIZE_CACHE_BYTES)
 
 
 def featurize_smiles(
-    smiles: str, with_graph: bool = True, isomeric: bool = False, max_length: int | None = 128
+    smiles: str,
+    with_graph: bool = True,
+    isomeric: bool = False,
+    max_length: int | None = 128,
+    max_smiles_length: int | None = MAX_SMILES_LENGTH,
+    max_atoms: int | None = MAX_ATOMS,
 ) -> tuple[MoleculeGraph | None, str]:
     """Parse one SMILES and return its graph (None when `with_graph` is False) and its prompt SMILES (see
-    `prompt_smiles`), as `LlamoProcessor` needs them. Raises `ValueError` for an invalid or empty SMILES.
+    `prompt_smiles`), as `LlamoProcessor` needs them. Raises `ValueError` for an invalid or empty SMILES, or one past
+    the limits (`max_smiles_length` characters, `max_atoms` atoms; see `parse_smiles`).
 
-    Results are memoized in a bounded LRU cache (`FEATURIZE_CACHE_SIZE` molecules): training sees the same molecules
-    every epoch and instruction data asks several questions about one molecule. The cached arrays are shared, so they
-    are read-only; `featurize_smiles.cache_clear()` empties the cache.
+    Results are memoized in an LRU cache bounded by count (`FEATURIZE_CACHE_SIZE`) and bytes (`FEATURIZE_CACHE_BYTES`):
+    training sees the same molecules every epoch and instruction data asks several questions about one molecule.
+    The cached arrays are shared, so they are read-only; `featurize_smiles.cache_clear()` empties the cache.
     """
-    if not isinstance(smiles, str):
-        parse_smiles(smiles)  # raises the usual ValueError (and keeps unhashable input out of the cache)
-    return _featurize_smiles_cached(smiles, with_graph, isomeric, max_length)
-
-
-@functools.lru_cache(maxsize=FEATURIZE_CACHE_SIZE)
-def _featurize_smiles_cached(
-    smiles: str, with_graph: bool, isomeric: bool, max_length: int | None
-) -> tuple[MoleculeGraph | None, str]:
-    mol = parse_smiles(smiles)
+    text = check_smiles_text(smiles, max_smiles_length)  # cheap checks first; also keeps unhashable input out
+    key = (text, with_graph, isomeric, max_length, max_smiles_length, max_atoms)
+    cached = _FEATURIZE_CACHE.get(key)
+    if cached is not None:
+        return cached
+    mol = parse_smiles(smiles, max_length=max_smiles_length, max_atoms=max_atoms)
     graph = featurize_molecule(mol) if with_graph else None
     if graph is not None:
         for array in (graph.node_features, graph.edge_index, graph.edge_features, graph.motif_features):
             array.flags.writeable = False
-    return graph, prompt_smiles(mol, isomeric=isomeric, max_length=max_length)
+    # `max_atoms` keeps `MolToSmiles` (recursive in RDKit) far below the depth that overflows the stack
+    result = (graph, prompt_smiles(mol, isomeric=isomeric, max_length=max_length))
+    _FEATURIZE_CACHE.put(key, result)
+    return result
 
 
-featurize_smiles.cache_clear = _featurize_smiles_cached.cache_clear
-featurize_smiles.cache_info = _featurize_smiles_cached.cache_info
+featurize_smiles.cache_clear = _FEATURIZE_CACHE.clear
+featurize_smiles.cache_info = _FEATURIZE_CACHE.info
 
 
 def collate_molecule_graphs(graphs: Sequence[MoleculeGraph]) -> dict[str, torch.Tensor]:

@@ -516,6 +516,111 @@ def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index
     return selected
 
 
+_INTEGER_GRAPH_INPUTS = ("graph_node_features", "graph_edge_index", "graph_edge_features", "graph_node_batch", "graph_motif_batch")
+_GRAPH_INPUT_SHAPES = {
+    "graph_node_features": "(num_atoms, 9)", "graph_edge_index": "(2, num_edges)", "graph_edge_features": "(num_edges, 3)",
+    "graph_node_batch": "(num_atoms,)", "graph_motif_features": "(num_motifs, 73)", "graph_motif_batch": "(num_motifs,)",
+}  # fmt: skip
+_BUILD_INPUTS_HINT = (
+    "Build the inputs with LlamoProcessor -- processor(text=..., smiles=...) or processor.apply_chat_template(messages, "
+    "tokenize=True, return_dict=True, return_tensors='pt') -- and pass all of them: model(**inputs) / model.generate(**inputs)."
+)
+
+
+def check_graph_inputs(
+    config: LlamoConfig, input_ids: torch.LongTensor | None, graph_inputs: dict[str, torch.Tensor | None], prefill: bool = True
+) -> None:
+    """Raise a `ValueError` naming the problem when graph inputs are inconsistent, instead of a raw IndexError, a
+    device-side assert, silently mixed molecules or non-finite logits.
+
+    Cheap structural checks (presence, dtypes, shapes) always run. The value checks (sorted molecule index, index
+    ranges, finite motif features, slots without graph inputs) read tensor values back to the host, so they are
+    skipped while `torch.compile` traces (`torch.compiler.is_compiling()`), where a host sync would break the graph.
+    `prefill`: the step sees the whole prompt (no cached keys yet); later decoding steps carry no graph inputs.
+    """
+    given = {name: value for name, value in graph_inputs.items() if value is not None}
+    compiling = torch.compiler.is_compiling()
+    if not given:
+        if prefill and not compiling and input_ids is not None and config.projector_type != "none":
+            num_slots = int((input_ids == config.graph_token_id).sum())
+            if num_slots:
+                raise ValueError(
+                    f"input_ids hold {num_slots} graph-token slots (id {config.graph_token_id}) but no graph inputs were "
+                    f"given, so the slots would be read as plain tokens. {_BUILD_INPUTS_HINT}"
+                )
+        return
+    if config.projector_type == "none":
+        return  # a text-only model ignores graph inputs
+    required = ("graph_node_features", "graph_edge_index", "graph_edge_features", "graph_node_batch")
+    missing = [name for name in required if name not in given]
+    if config.uses_motifs and "graph_motif_features" in given and "graph_motif_batch" not in given:
+        missing.append("graph_motif_batch")
+    if missing:
+        raise ValueError(f"incomplete graph inputs: {', '.join(missing)} missing. {_BUILD_INPUTS_HINT}")
+    for name, tensor in given.items():
+        if name in _INTEGER_GRAPH_INPUTS and tensor.dtype != torch.long:
+            raise ValueError(f"{name} must be torch.long (int64), got {tensor.dtype}. {_BUILD_INPUTS_HINT}")
+        if name == "graph_motif_features" and not tensor.is_floating_point():
+            raise ValueError(f"graph_motif_features must be a float tensor, got {tensor.dtype}")
+    node_features, edge_index = given["graph_node_features"], given["graph_edge_index"]
+    num_atoms, num_edges = node_features.shape[0], edge_index.shape[-1]
+    expected = {
+        "graph_node_features": (num_atoms, len(config.atom_feature_vocab_sizes)), "graph_edge_index": (2, num_edges),
+        "graph_edge_features": (num_edges, len(config.bond_feature_vocab_sizes)), "graph_node_batch": (num_atoms,),
+    }  # fmt: skip
+    if "graph_motif_features" in given:
+        num_motifs = given["graph_motif_features"].shape[0]
+        expected["graph_motif_features"] = (num_motifs, given["graph_motif_features"].shape[-1])
+        expected["graph_motif_batch"] = (num_motifs,)
+    for name, shape in expected.items():
+        if name in given and tuple(given[name].shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(given[name].shape)}, expected {_GRAPH_INPUT_SHAPES[name]} = {shape}")
+    if num_atoms == 0:
+        raise ValueError(f"graph inputs with zero atoms: every molecule needs at least one atom. {_BUILD_INPUTS_HINT}")
+    if compiling:
+        return
+    node_batch = given["graph_node_batch"]
+    steps = node_batch[1:] - node_batch[:-1]
+    if int(node_batch[0]) != 0 or bool(((steps != 0) & (steps != 1)).any()):
+        raise ValueError(
+            "graph_node_batch must number the molecules 0, 1, 2, ... with each molecule's atoms contiguous and in "
+            f"order (got {node_batch[:12].tolist()}...): an interleaved index would mix molecules"
+        )
+    num_molecules = int(node_batch[-1]) + 1
+    for name, vocab_sizes in (
+        ("graph_node_features", config.atom_feature_vocab_sizes),
+        ("graph_edge_features", config.bond_feature_vocab_sizes),
+    ):
+        tensor = given[name]
+        if tensor.numel():
+            limits = torch.tensor(list(vocab_sizes), device=tensor.device)
+            bad = ((tensor < 0) | (tensor >= limits)).any(0)
+            if bool(bad.any()):
+                column = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"{name}[:, {column}] holds {int(tensor[:, column].min())}..{int(tensor[:, column].max())}, outside "
+                    f"the feature's vocabulary 0..{vocab_sizes[column] - 1}"
+                )
+    if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_atoms):
+        raise ValueError(f"graph_edge_index must index the {num_atoms} atoms, got values {int(edge_index.min())}..{int(edge_index.max())}")
+    if "graph_motif_features" in given:
+        motif_batch = given["graph_motif_batch"]
+        if motif_batch.numel() and (
+            int(motif_batch.min()) < 0 or int(motif_batch.max()) >= num_molecules or bool((motif_batch[1:] < motif_batch[:-1]).any())
+        ):
+            raise ValueError(f"graph_motif_batch must be sorted molecule indices below {num_molecules}, got {motif_batch[:12].tolist()}...")
+        if not bool(torch.isfinite(given["graph_motif_features"]).all()):
+            raise ValueError("graph_motif_features hold NaN or infinite values")
+
+
+def _is_prefill(past_key_values) -> bool:
+    """Whether a forward step sees the whole prompt: no cache, or an empty one."""
+    if past_key_values is None:
+        return True
+    get_seq_length = getattr(past_key_values, "get_seq_length", None)
+    return get_seq_length is not None and not torch.compiler.is_compiling() and int(get_seq_length()) == 0
+
+
 class LlamoPreTrainedModel(PreTrainedModel):
     config: LlamoConfig
     config_class = LlamoConfig
@@ -648,6 +753,11 @@ class LlamoModel(LlamoPreTrainedModel):
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        check_graph_inputs(self.config, input_ids, {
+            "graph_node_features": graph_node_features, "graph_edge_index": graph_edge_index,
+            "graph_edge_features": graph_edge_features, "graph_node_batch": graph_node_batch,
+            "graph_motif_features": graph_motif_features, "graph_motif_batch": graph_motif_batch,
+        }, prefill=_is_prefill(kwargs.get("past_key_values")))  # fmt: skip
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -895,5 +1005,6 @@ __all__ = [
     "LlamoPreTrainedModel",
     "PROJECTORS",
     "LlamoProjector",
+    "check_graph_inputs",
     "select_graph_molecules",
 ]

@@ -14,10 +14,10 @@ from transformers.utils import logging
 
 try:  # loaded as remote code (a package next to the weights)
     from .configuration_llamo import GRAPH_INPUT_NAMES
-    from .featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles
+    from .featurization_llamo import MAX_ATOMS, MAX_SMILES_LENGTH, MoleculeGraph, collate_molecule_graphs, featurize_smiles
 except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import GRAPH_INPUT_NAMES
-    from featurization_llamo import MoleculeGraph, collate_molecule_graphs, featurize_smiles
+    from featurization_llamo import MAX_ATOMS, MAX_SMILES_LENGTH, MoleculeGraph, collate_molecule_graphs, featurize_smiles
 
 
 logger = logging.get_logger(__name__)
@@ -85,6 +85,10 @@ class LlamoProcessor(ProcessorMixin):
             is stripped of surrounding whitespace and tokenized on its own (so each gets the tokenizer's
             word-start prefix), a leading BOS is its own token, and the ids are concatenated. Off: the expanded
             prompt is tokenized in one call.
+        max_input_smiles_length (`int` or `None`, defaults to 20,000): longest SMILES accepted (characters); longer
+            input raises `ValueError` before RDKit parses it.
+        max_atoms (`int` or `None`, defaults to 2,000): largest molecule accepted (atoms); larger ones raise
+            `ValueError` before they are featurized (RDKit's SMILES writer overflows the stack at ~19,000 atoms).
     """
 
     def __init__(
@@ -97,6 +101,8 @@ class LlamoProcessor(ProcessorMixin):
         smiles_max_length: int | None = 128,
         isomeric_smiles: bool = False,
         piecewise_tokenization: bool = False,
+        max_input_smiles_length: int | None = MAX_SMILES_LENGTH,
+        max_atoms: int | None = MAX_ATOMS,
     ):
         if tokenizer is None:
             raise ValueError("LlamoProcessor needs a tokenizer")
@@ -115,6 +121,8 @@ class LlamoProcessor(ProcessorMixin):
         self.smiles_max_length = smiles_max_length
         self.isomeric_smiles = isomeric_smiles
         self.piecewise_tokenization = piecewise_tokenization
+        self.max_input_smiles_length = max_input_smiles_length
+        self.max_atoms = max_atoms
         super().__init__(tokenizer, chat_template=chat_template if chat_template is not None else DEFAULT_CHAT_TEMPLATE)
 
     @property
@@ -125,7 +133,12 @@ class LlamoProcessor(ProcessorMixin):
         """Parse one SMILES: its graph (None for a text-only model) and the SMILES text shown in the prompt.
         Raises `ValueError` for invalid or empty SMILES. Results are cached (bounded LRU, read-only arrays)."""
         return featurize_smiles(
-            smiles, with_graph=self.num_graph_tokens != 0, isomeric=self.isomeric_smiles, max_length=self.smiles_max_length
+            smiles,
+            with_graph=self.num_graph_tokens != 0,
+            isomeric=self.isomeric_smiles,
+            max_length=self.smiles_max_length,
+            max_smiles_length=getattr(self, "max_input_smiles_length", MAX_SMILES_LENGTH),
+            max_atoms=getattr(self, "max_atoms", MAX_ATOMS),
         )
 
     def molecule_prompt(self, graph: MoleculeGraph | None, shown_smiles: str) -> str:

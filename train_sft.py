@@ -31,7 +31,6 @@ from peft import LoraConfig
 from torch import nn
 from transformers import BitsAndBytesConfig, TrainerCallback
 from transformers.pytorch_utils import Conv1D
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
@@ -41,6 +40,7 @@ from processing_llamo import LlamoProcessor
 from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.tiny import build_tiny_llamo
 from llamo.builder import build_llamo, lora_target_regex
+from llamo.checkpoints import resolve_resume
 
 
 @dataclass
@@ -150,8 +150,8 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
             attn_implementation=model_args.attn_implementation,
             quantization_config=quantization,
         )
-        # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
-        return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
+        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
+        return model, LlamoProcessor.from_pretrained(model_args.init_from)
     spec = PROJECTOR_SPECS.get(model_args.projector_type)
     if model_args.stage == 1 and spec is not None and not spec.uses_graph:
         raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
@@ -360,9 +360,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         callbacks=callbacks,
     )
     trainable = trainable_parameters(trainer.model)
-    resume = training_args.resume_from_checkpoint
-    if resume in ("last", "True", "true"):
-        resume = get_last_checkpoint(training_args.output_dir)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
     result = trainer.train(resume_from_checkpoint=resume)
 
     output_dir = pathlib.Path(training_args.output_dir)

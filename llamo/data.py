@@ -23,6 +23,7 @@ function `(row, rng) -> conversations | Skip` registered in `FORMATS`:
 from __future__ import annotations
 
 import hashlib
+import math
 import pathlib
 import random
 import re
@@ -33,10 +34,9 @@ from typing import Any, NamedTuple
 
 import datasets
 import torch
-from rdkit import Chem
 
 from configuration_llamo import GRAPH_INPUTS, num_molecules
-from featurization_llamo import join_graph_inputs, parse_smiles
+from featurization_llamo import join_graph_inputs, parse_smiles, prompt_smiles
 
 
 PLACEHOLDER = "<graph>"
@@ -68,6 +68,8 @@ class SkipReport:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # Rows kept but changed (an answer cut at max_length, a huge text trimmed before tokenization): counted, not skipped.
+    notes: Counter = field(default_factory=Counter)
 
     def add(self, reason: str, detail: str) -> None:
         self.counts[reason] += 1
@@ -75,10 +77,14 @@ class SkipReport:
         if len(samples) < 3:
             samples.append(detail)
 
+    def note(self, what: str) -> None:
+        self.notes[what] += 1
+
     def update(self, other: SkipReport) -> SkipReport:
         for reason, count in other.counts.items():
             self.counts[reason] += count
             self.examples.setdefault(reason, []).extend(other.examples.get(reason, [])[: 3 - len(self.examples.get(reason, []))])
+        self.notes.update(other.notes)
         return self
 
     @property
@@ -86,10 +92,14 @@ class SkipReport:
         return sum(self.counts.values())
 
     def lines(self) -> list[str]:
-        return [f"{count} x {reason} (e.g. {'; '.join(self.examples.get(reason, []))})" for reason, count in self.counts.most_common()]
+        skipped = [f"{count} x {reason} (e.g. {'; '.join(self.examples.get(reason, []))})" for reason, count in self.counts.most_common()]
+        return skipped + [f"{count} x kept, {what}" for what, count in self.notes.most_common()]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "by_reason": dict(self.counts.most_common()), "examples": self.examples}
+        report = {"total": self.total, "by_reason": dict(self.counts.most_common()), "examples": self.examples}
+        if self.notes:
+            report["kept_with_changes"] = dict(self.notes.most_common())
+        return report
 
 
 @dataclass
@@ -155,6 +165,19 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+def finite_number(value: Any) -> float:
+    """A property value as a finite float; `ValueError` for anything else (NaN, inf, 1e400, '-Infinity', '1_000',
+    booleans), so no non-finite or oddly written number becomes a training answer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, str) and (not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value.strip())):
+        raise ValueError(f"not a plain decimal number: {value[:40]!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not finite: {value!r}")
+    return number
+
+
 def _turn(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
@@ -195,8 +218,9 @@ class Row:
         return smiles or Skip("missing field", "smiles")
 
 
-# A format turns one row into its conversations `{"smiles": [...], "messages": [...](, "task": ...)}`, or a `Skip`.
-FormatFunction = Callable[[Row, random.Random], "list[dict] | Skip"]
+# A format turns one row into its conversations `{"smiles": [...], "messages": [...](, "task": ...)}`, or a `Skip`
+# (a conversation of the list may itself be a `Skip`: one bad property does not take the row's good ones with it).
+FormatFunction = Callable[[Row, random.Random], "list[dict | Skip] | Skip"]
 
 
 def _question_and_answer(smiles: list[str], question: str, answer: str) -> list[dict]:
@@ -261,8 +285,9 @@ def iupac_format(row: Row, rng: random.Random) -> list[dict] | Skip:
     return _question_and_answer([smiles], rng.choice(IUPAC_INSTRUCTIONS), answer)
 
 
-def property_format(row: Row, rng: random.Random) -> list[dict] | Skip:
-    """`smiles` + any of the `homo`, `lumo`, `gap` columns (QM9, Hartree): one question per property, 4 decimals."""
+def property_format(row: Row, rng: random.Random) -> list[dict | Skip] | Skip:
+    """`smiles` + any of the `homo`, `lumo`, `gap` columns (QM9, Hartree): one question per property, 4 decimals; a
+    property whose value is not a finite number becomes its own `Skip`."""
     smiles = row.smiles()
     if isinstance(smiles, Skip):
         return smiles
@@ -273,9 +298,10 @@ def property_format(row: Row, rng: random.Random) -> list[dict] | Skip:
             continue
         value = row.get(column)
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return Skip("non-numeric property", f"{prop}={value!r}")
+            number = finite_number(value)
+        except ValueError:  # this property is skipped on its own: the row's good ones stay
+            conversations.append(Skip("non-numeric property", f"{prop}={str(value)[:40]!r}"))
+            continue
         conversations += _question_and_answer([smiles], PROPERTY_INSTRUCTIONS[prop], f"{number:.4f}")
     return conversations or Skip("missing field", "homo/lumo/gap")
 
@@ -322,7 +348,7 @@ def detect_format(columns: list[str]) -> str:
     raise ValueError(f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {tuple(FORMATS)}")
 
 
-def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict] | Skip:
+def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict | Skip] | Skip:
     """The conversation(s) made from one row, or why the row cannot be used."""
     _, convert = FORMATS[fmt]
     return convert(Row(row, names), rng)
@@ -341,8 +367,9 @@ def load_source(source: DataSource, seed: int = 0) -> tuple[datasets.Dataset, Sk
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         for index, row in zip(indices, rows):
             result = _row_to_conversations(row, fmt, names, random.Random(f"{seed}-{index}"))
-            skip = result if isinstance(result, Skip) else None
-            for conversation in [{}] if skip else result:
+            for conversation in [result] if isinstance(result, Skip) else result:
+                skip = conversation if isinstance(conversation, Skip) else None
+                conversation = {} if skip else conversation
                 out["smiles"].append(conversation.get("smiles", []))
                 out["messages"].append(conversation.get("messages", []))
                 out["task"].append(conversation.get("task") or fmt)
@@ -382,24 +409,35 @@ def load_mixture(sources: list[DataSource], seed: int = 0) -> tuple[datasets.Dat
     return mixture, report
 
 
-def is_held_out(smiles: list[str], fraction: float) -> bool:
-    """Whether a conversation about these molecules belongs to the held-out `fraction` (a hash of the canonical
-    SMILES, so one molecule written two ways in two files stays on one side)."""
-    digest = hashlib.sha256("|".join(map(_canonical, smiles)).encode()).digest()
+def is_held_out(smiles: list[str], fraction: float, text: str | None = None) -> bool:
+    """Whether a conversation about these molecules belongs to the held-out `fraction`: a hash of the SMILES text as
+    the prompt shows it (canonical, non-isomeric, cut at 128 characters; see `prompt_smiles`), so stereoisomers, one
+    molecule written two ways, and long molecules that share their first 128 characters -- all of which look the same
+    to the model -- stay on one side. A conversation without molecules is placed by `text` (its first question)."""
+    key = "|".join(map(_shown_smiles, smiles)) if smiles else "text:" + (text or "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < fraction
 
 
+def _first_question(messages: list[dict]) -> str:
+    return next((message["content"] for message in messages if message.get("role") == "user"), "")
+
+
 def split_by_molecule(dataset: datasets.Dataset, fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Deterministic held-out split where all conversations about one molecule land on the same side."""
-    flags = [is_held_out(smiles, fraction) for smiles in dataset["smiles"]]
+    """Deterministic held-out split where all conversations showing one molecule text land on the same side."""
+    flags = [
+        is_held_out(smiles, fraction, None if smiles else _first_question(messages))
+        for smiles, messages in zip(dataset["smiles"], dataset["messages"])
+    ]
     train = dataset.select([i for i, flag in enumerate(flags) if not flag])
     evaluation = dataset.select([i for i, flag in enumerate(flags) if flag])
     return train, evaluation
 
 
-def _canonical(smiles: str) -> str:
+def _shown_smiles(smiles: str) -> str:
+    """The SMILES text the processor puts in the prompt (its defaults), or the input when it does not parse."""
     try:
-        return Chem.MolToSmiles(parse_smiles(smiles))
+        return prompt_smiles(parse_smiles(smiles))
     except ValueError:
         return smiles
 
@@ -454,10 +492,51 @@ ENCODED_FEATURES = datasets.Features(
 EMPTY_GRAPH_ROW = {spec.name: [[], []] if spec.kind == "edge_index" else [] for spec in GRAPH_INPUTS}
 
 
-def encode_conversation(smiles: list[str], messages: list[dict], processor, max_length: int | None) -> dict[str, Any]:
+ANSWER_CUT = "answer cut at max_length"
+TEXT_TRIMMED = "text trimmed before tokenization"
+
+
+def character_budget(processor, max_length: int | None) -> int | None:
+    """How many characters of one message can matter for `max_length` tokens: no token spells more characters than
+    the longest vocabulary entry, so text past `max_length` times that (doubled, for merges near the cut) is never
+    part of the first `max_length` tokens. Trimming there spares tokenizing megabytes to keep a thousand tokens."""
+    if max_length is None:
+        return None
+    longest = max(map(len, processor.tokenizer.get_vocab()), default=1)
+    return 2 * max_length * max(longest, 1) + 64
+
+
+def trim_messages(messages: list[dict], budget: int | None) -> tuple[list[dict], bool, bool]:
+    """Messages with each text cut to `budget` characters; also whether any was cut, and whether a `<graph>`
+    placeholder was cut off with it (its slots would lie beyond max_length)."""
+    if budget is None or all(len(message["content"]) <= budget for message in messages):
+        return messages, False, False
+    trimmed, lost_placeholder = [], False
+    for message in messages:
+        content = message["content"]
+        if len(content) > budget:
+            lost_placeholder |= PLACEHOLDER in content[budget - len(PLACEHOLDER) + 1 :]
+            content = content[:budget]
+        trimmed.append({**message, "content": content})
+    return trimmed, True, lost_placeholder
+
+
+def encode_conversation(
+    smiles: list[str], messages: list[dict], processor, max_length: int | None, char_budget: int | None = None
+) -> dict[str, Any]:
     """Token ids, labels (assistant tokens only; -100 elsewhere, graph slots included) and the molecules' graph
-    tensors of one conversation; `skip_reason` / `skip_detail` say why it cannot be used."""
+    tensors of one conversation; `skip_reason` / `skip_detail` say why it cannot be used. A kept conversation that
+    was changed says how in `skip_detail` (`TEXT_TRIMMED`, `ANSWER_CUT`), with an empty `skip_reason`.
+    `char_budget`: see `character_budget` (computed when not given)."""
     empty = {"input_ids": [], "labels": [], **EMPTY_GRAPH_ROW, "num_molecules": 0}
+    notes = []
+    if max_length is not None:
+        budget = char_budget if char_budget is not None else character_budget(processor, max_length)
+        messages, trimmed, lost_placeholder = trim_messages(messages, budget)
+        if lost_placeholder:
+            return {**empty, "skip_reason": "graph tokens beyond max_length", "skip_detail": f"a placeholder after {budget:,} characters"}
+        if trimmed:
+            notes.append(TEXT_TRIMMED)
     try:
         chat = conversation_with_molecules(smiles, messages)
         encoded = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
@@ -468,10 +547,12 @@ def encode_conversation(smiles: list[str], messages: list[dict], processor, max_
     if max_length is not None and len(ids) > max_length:
         if processor.graph_token_id in ids[max_length:]:
             return {**empty, "skip_reason": "graph tokens beyond max_length", "skip_detail": f"{len(ids)} tokens > {max_length}"}
+        if any(label != -100 for label in labels[max_length:]):
+            notes.append(ANSWER_CUT)
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == -100 for label in labels):
         return {**empty, "skip_reason": "no answer token within max_length", "skip_detail": f"max_length={max_length}"}
-    row = {**empty, "input_ids": ids, "labels": labels, "skip_reason": "", "skip_detail": ""}
+    row = {**empty, "input_ids": ids, "labels": labels, "skip_reason": "", "skip_detail": "; ".join(notes)}
     if "graph_node_batch" in encoded:
         row.update({name: encoded[name].tolist() for name in EMPTY_GRAPH_ROW})
         row["num_molecules"] = num_molecules(encoded["graph_node_batch"])
@@ -483,8 +564,11 @@ def encode_dataset(
 ) -> tuple[datasets.Dataset, SkipReport]:
     """Featurize and tokenize every conversation once; returns the encoded rows and those that could not be used."""
 
+    budget = character_budget(processor, max_length)
+
     def encode(row: dict[str, Any]) -> dict[str, Any]:
-        return {**encode_conversation(row["smiles"], row["messages"], processor, max_length), "task": row.get("task") or ""}
+        encoded = encode_conversation(row["smiles"], row["messages"], processor, max_length, char_budget=budget)
+        return {**encoded, "task": row.get("task") or ""}
 
     encoded = dataset.map(
         encode, remove_columns=dataset.column_names, features=ENCODED_FEATURES, num_proc=num_proc, desc="Featurizing and tokenizing"
@@ -493,6 +577,9 @@ def encode_dataset(
     for index, (reason, detail) in enumerate(zip(encoded["skip_reason"], encoded["skip_detail"])):
         if reason:
             report.add(reason, f"conversation {index}: {detail}")
+        elif detail:  # kept, but changed: counted so that a cut answer is never silent
+            for note in detail.split("; "):
+                report.note(note)
     kept = encoded.filter(lambda reason: not reason, input_columns="skip_reason")
     return kept.remove_columns(["skip_reason", "skip_detail"]), report
 

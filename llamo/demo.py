@@ -16,11 +16,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import io  # noqa: E402
+import pickle  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
+import select  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from functools import lru_cache  # noqa: E402
@@ -60,6 +66,107 @@ COLOR_KEY = (
 )
 
 
+@dataclass(frozen=True)
+class DemoLimits:
+    """What one request may ask for, so that no request can freeze the server for other users. Past a limit the
+    page says which one; nothing is computed. Featurization grows quadratically with molecule size and RDKit's
+    drawing holds the GIL (minutes for 1,000 atoms), hence the tighter bounds than the processor's defaults."""
+
+    max_smiles_chars: int = 1_500  # the largest ChEBI-20 / PubChem SMILES in this repository's data: 1,186
+    max_atoms: int = 500  # ... 458 atoms
+    max_question_chars: int = 2_000
+    max_draw_atoms: int = 100  # drawing 100 atoms takes about 2 s, 145 atoms 10 s (in a worker process, see `DrawingWorker`)
+    draw_timeout_s: float = 20.0
+    token_timeout_s: float = 120.0  # longest wait for the next generated token before the request gives up
+
+
+# The drawing worker: reads pickled (attention, panel) requests from stdin, writes pickled (ok, PNG or message).
+_DRAWING_WORKER = """
+import pickle, struct, sys
+from llamo.attention import draw_atom_attention
+source, sink = sys.stdin.buffer, sys.stdout.buffer
+sys.stdout = sys.stderr  # nothing but answers on the pipe
+while header := source.read(8):
+    attention, panel = pickle.loads(source.read(struct.unpack("<Q", header)[0]))
+    try:
+        answer = pickle.dumps((True, draw_atom_attention(attention, panel=panel)))
+    except Exception as error:
+        answer = pickle.dumps((False, f"{type(error).__name__}: {error}"))
+    sink.write(struct.pack("<Q", len(answer)) + answer)
+    sink.flush()
+"""
+
+
+class DrawingWorker:
+    """Draws attention pictures in a separate Python process: RDKit's drawing is C++ that keeps the GIL, so in a
+    server thread it would stall every other request for as long as it draws. One drawing at a time; one that takes
+    longer than `timeout_s` (waiting included) is abandoned and its process killed (the next one starts a new one)."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the worker now (it imports torch and RDKit: a few seconds), so the first picture does not wait."""
+        with self._lock:
+            self._ensure_process()
+
+    def _ensure_process(self) -> subprocess.Popen:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _DRAWING_WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))},
+            )  # fmt: skip
+        return self._process
+
+    def draw(self, attention: AtomAttention, panel: str | None) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        if not self._lock.acquire(timeout=self.timeout_s):
+            raise TimeoutError(f"drawing took longer than {self.timeout_s:g} s (other pictures were being drawn)")
+        try:
+            process = self._ensure_process()
+            request = pickle.dumps((attention, panel))
+            process.stdin.write(struct.pack("<Q", len(request)) + request)
+            process.stdin.flush()
+            header = self._read(process, 8, deadline)
+            ok, answer = pickle.loads(self._read(process, struct.unpack("<Q", header)[0], deadline))
+        except (TimeoutError, OSError, EOFError, struct.error) as error:
+            self._stop()
+            if isinstance(error, TimeoutError):
+                raise TimeoutError(f"drawing took longer than {self.timeout_s:g} s") from None
+            raise RuntimeError(f"the drawing process failed: {error}") from None
+        finally:
+            self._lock.release()
+        if not ok:
+            raise RuntimeError(f"drawing failed: {answer}")
+        return answer
+
+    @staticmethod
+    def _read(process: subprocess.Popen, size: int, deadline: float) -> bytes:
+        data = b""
+        while len(data) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = os.read(process.stdout.fileno(), size - len(data))
+            if not chunk:
+                raise EOFError("the drawing process exited")
+            data += chunk
+        return data
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        with self._lock:
+            self._stop()
+
+
 @dataclass
 class Conversation:
     """One user's chat: the molecule it is about and its finished (question, answer) turns."""
@@ -97,11 +204,16 @@ def escape_markdown(text: str) -> str:
 class LlamoDemo:
     """The model, its processor and the app's event handlers."""
 
-    def __init__(self, model, processor, model_name: str, max_new_tokens: int = 256):
+    def __init__(self, model, processor, model_name: str, max_new_tokens: int = 256, limits: DemoLimits | None = None):
         self.model = model
-        self.processor = processor
+        self.limits = limits or DemoLimits()
+        # a copy with the demo's tighter molecule limits (the caller's processor keeps its own)
+        self.processor = copy.copy(processor)
+        self.processor.max_input_smiles_length = self.limits.max_smiles_chars
+        self.processor.max_atoms = self.limits.max_atoms
         self.model_name = model_name
         self.max_new_tokens = max_new_tokens
+        self.drawing = DrawingWorker(self.limits.draw_timeout_s)
         try:
             self.panels = available_panels(model.config)
         except ValueError:  # a projector without attention: the page says why instead of drawing
@@ -109,7 +221,7 @@ class LlamoDemo:
         self._attention = lru_cache(maxsize=32)(self._compute_attention)
 
     def _compute_attention(self, smiles: str) -> AtomAttention:
-        return compute_atom_attention(self.model, self.processor, smiles)
+        return compute_atom_attention(self.model, self.processor, smiles)  # the processor applies the demo's limits
 
     def respond(self, smiles: str, question: str, conversation: Conversation) -> Iterator[tuple]:
         """Answer `question` about `smiles`, streaming the answer into the chat. A new molecule starts a new
@@ -118,6 +230,10 @@ class LlamoDemo:
         shown = chatbot_messages(conversation.turns)
         if not question:
             yield shown, conversation, question, "Type a question about the molecule."
+            return
+        if len(question) > self.limits.max_question_chars:
+            message = f"⚠️ The question is too long: {len(question):,} characters (at most {self.limits.max_question_chars:,})."
+            yield shown, conversation, question[: self.limits.max_question_chars], message
             return
         # A new molecule starts a new conversation (once it is known to be valid).
         turns = conversation.turns if conversation.smiles == smiles else []
@@ -128,6 +244,15 @@ class LlamoDemo:
             )
         except ValueError as error:  # the processor names what is wrong with the molecule
             yield shown, conversation, question, f"⚠️ {escape_markdown(str(error))}"
+            return
+        window = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        prompt_length = inputs["input_ids"].shape[1]
+        if window is not None and prompt_length + self.max_new_tokens > window:
+            message = (
+                f"⚠️ The conversation is too long for the model: {prompt_length:,} prompt tokens + {self.max_new_tokens:,} "
+                f"for the answer > its window of {window:,}. Start a new conversation or ask a shorter question."
+            )
+            yield shown, conversation, question, message
             return
         conversation = Conversation(smiles=smiles, turns=list(turns))
 
@@ -141,7 +266,9 @@ class LlamoDemo:
     def _stream_answer(self, inputs) -> Iterator[str]:
         """Greedy generation in a background thread: yields the answer so far as text arrives, then the whole
         answer decoded at once (what the conversation keeps)."""
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(
+            self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.limits.token_timeout_s
+        )
         results: list[torch.Tensor] = []
         errors: list[Exception] = []
 
@@ -180,10 +307,24 @@ class LlamoDemo:
             attention = self._attention(smiles)
         except ValueError as error:
             return None, f"⚠️ {escape_markdown(str(error))}"
-        png = draw_atom_attention(attention, panel=None if panel == ALL_PANELS else panel)
+        if attention.num_atoms > self.limits.max_draw_atoms:
+            return None, (
+                f"The molecule has {attention.num_atoms:,} atoms: pictures are drawn for molecules of at most "
+                f"{self.limits.max_draw_atoms:,} atoms."
+            )
+        try:
+            png = self.drawing.draw(attention, panel=None if panel == ALL_PANELS else panel)
+        except (TimeoutError, RuntimeError) as error:
+            return None, f"⚠️ No picture: {escape_markdown(str(error))}."
         return Image.open(io.BytesIO(png)), COLOR_KEY
 
+    def close(self) -> None:
+        """Stop the drawing worker process."""
+        self.drawing.close()
+
     def build(self) -> gr.Blocks:
+        if self.panels:
+            self.drawing.start()  # warm before the first visitor asks for a picture
         with gr.Blocks(title="LLaMo demo", analytics_enabled=False) as blocks:
             gr.Markdown(
                 "# LLaMo: ask about a molecule\n"

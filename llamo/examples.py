@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, load_mixture, split_by_molecule
+from featurization_llamo import parse_smiles
+from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, SkipReport, conversation_with_molecules, load_mixture, split_by_molecule
 
 
 PROPERTY_BY_QUESTION = {question: name for name, question in PROPERTY_INSTRUCTIONS.items()}
@@ -49,7 +50,25 @@ def load_examples(
         _, conversations = split_by_molecule(conversations, eval_fraction)
     if max_examples is not None:
         conversations = conversations.select(range(min(max_examples, len(conversations))))
-    return examples_from_conversations(conversations), skipped.to_dict()
+    examples = valid_examples(examples_from_conversations(conversations), skipped)
+    return examples, skipped.to_dict()
+
+
+def valid_examples(examples: Sequence[Example], report: SkipReport) -> list[Example]:
+    """The examples whose molecules parse and fit the featurization limits, and whose placeholders match their
+    SMILES, as training requires; the others are counted in `report` (one bad row must not abort an evaluation
+    after hours of generation)."""
+    kept = []
+    for example in examples:
+        try:
+            for smiles in example.smiles:
+                parse_smiles(smiles)
+            conversation_with_molecules(example.smiles, example.messages)
+        except ValueError as error:
+            report.add("invalid molecule or placeholders", f"example {example.id}: {error}")
+            continue
+        kept.append(example)
+    return kept
 
 
 def question_kind(example: Example) -> str:
@@ -58,4 +77,4 @@ def question_kind(example: Example) -> str:
     return f"{example.task}/{prop}" if prop else example.task
 
 
-__all__ = ["Example", "PROPERTY_BY_QUESTION", "examples_from_conversations", "load_examples", "question_kind"]
+__all__ = ["Example", "PROPERTY_BY_QUESTION", "examples_from_conversations", "load_examples", "question_kind", "valid_examples"]

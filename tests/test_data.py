@@ -71,7 +71,8 @@ def test_iupac_property_and_instruction_tables(tmp_path):
 
     qm9 = write(tmp_path / "qm9.csv", "Index,SMILES,HOMO_au,LUMO_au,HOMO_LUMO_gap_au\n1,C,-0.3877,0.1171,0.5048\n2,N,abc,0.0829,0.3399\n")
     dataset, skipped = load_source(DataSource.parse(qm9))  # detected from the columns
-    assert [m[1]["content"] for m in dataset["messages"]] == ["-0.3877", "0.1171", "0.5048"]
+    # row 2's bad HOMO is skipped on its own: its LUMO and gap are kept
+    assert [m[1]["content"] for m in dataset["messages"]] == ["-0.3877", "0.1171", "0.5048", "0.0829", "0.3399"]
     assert ["HOMO energy" in dataset[0]["messages"][0]["content"], "HOMO-LUMO gap" in dataset[2]["messages"][0]["content"]] == [True, True]
     assert skipped.counts == {"auto:qm9.csv: non-numeric property": 1}
     assert skipped.examples["auto:qm9.csv: non-numeric property"] == ["row 1: homo='abc'"]
@@ -177,6 +178,7 @@ def test_encoding_skips_what_cannot_be_used_and_says_why(processor, tmp_path):
     assert len(encoded) == 2
     assert len(encoded[1]["input_ids"]) == 100  # the long answer is cut, the graph tokens are kept
     assert skipped.counts == {"invalid molecule or placeholders": 1, "graph tokens beyond max_length": 1}
+    assert skipped.notes == {"answer cut at max_length": 1}  # kept, but reported
     assert "invalid SMILES 'C1CC('" in skipped.examples["invalid molecule or placeholders"][0]
 
 

@@ -116,11 +116,22 @@ def test_name_metrics_exact_match():
 def test_regression_counts_unparsable_answers():
     # parsable: -0.25 vs -0.25 (0), 0.1 vs 0.12 (0.02), 0.3 vs 0.1 (0.2) -> MAE = 0.22 / 3 = 0.073333; "n/a" counted
     scores = regression_metrics(["-0.25", "about 0.1 Hartree", "n/a", "0.3"], ["-0.2500", "0.1200", "0.3000", "0.1000"])
-    assert scores == pytest.approx({"mae": 0.073333, "parsed": 3, "unparsable": 1, "unparsable_share": 0.25}, abs=1e-6)
-    assert regression_metrics(["none"], ["1.0"]) == {"mae": None, "parsed": 0, "unparsable": 1, "unparsable_share": 1.0}
+    assert scores == pytest.approx(
+        {"mae": 0.073333, "parsed": 3, "unparsable": 1, "unparsable_share": 0.25, "invalid_references": 0}, abs=1e-6
+    )
+    assert regression_metrics(["none"], ["1.0"]) == {
+        "mae": None, "parsed": 0, "unparsable": 1, "unparsable_share": 1.0, "invalid_references": 0,
+    }  # fmt: skip
     assert parse_number("1e-3 Ha") == 0.001 and parse_number("inf") is None
-    with pytest.raises(ValueError, match="holds no number"):
-        regression_metrics(["1"], ["unknown"])
+
+
+def test_a_reference_without_a_finite_number_is_counted_not_fatal():
+    # issue 18 problem 5: one `inf` reference made the evaluation exit 1 after generating everything
+    scores = regression_metrics(["1", "2", "0.5"], ["unknown", "inf", "0.25"])
+    assert scores == {"mae": 0.25, "parsed": 1, "unparsable": 0, "unparsable_share": 0.0, "invalid_references": 2}
+    assert regression_metrics(["1"], ["nan"]) == {
+        "mae": None, "parsed": 0, "unparsable": 0, "unparsable_share": None, "invalid_references": 1,
+    }  # fmt: skip
 
 
 def test_molecule_metrics_by_hand():
@@ -203,3 +214,35 @@ def test_random_text_does_not_count_as_parsed():
     # the first-number rule scored 3 of these 3 gibberish answers as "parsed"
     scores = regression_metrics(["c1ccc2 ring 4 of 5 the", "CC1=CC(N)C1 the", "[NH3+]C(C)2 is is"], ["0.1", "0.2", "0.3"])
     assert scores == {"mae": None, "parsed": 0, "unparsable": 3, "unparsable_share": 1.0}
+
+
+def test_wordnet_copy_repairs_a_partial_target_and_leaves_no_staging_folder(tmp_path, monkeypatch):
+    # issue 18 problem 11: each failed attempt leaked a staging folder, and a partial copy was never repaired
+    import pathlib
+
+    import nltk
+
+    from llamo import metrics
+
+    monkeypatch.setattr(nltk.data, "find", lambda resource, *args, **kwargs: (_ for _ in ()).throw(LookupError(resource)))
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    partial = tmp_path / "corpora" / "wordnet"
+    partial.mkdir(parents=True)
+    (partial / "data.noun").write_text("cut off")  # a killed copy: some files, no completion marker
+    original_write = pathlib.Path.write_bytes
+    calls = []
+
+    def failing_write(self, data):
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original_write(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        ensure_wordnet(tmp_path)
+    assert sorted(path.name for path in (tmp_path / "corpora").iterdir()) == ["wordnet"]  # no staging folder left
+    monkeypatch.setattr(pathlib.Path, "write_bytes", original_write)
+    ensure_wordnet(tmp_path)
+    assert sorted(path.name for path in (tmp_path / "corpora").iterdir()) == ["wordnet"]
+    assert (partial / metrics.WORDNET_COMPLETE).is_file() and (partial / "data.noun").stat().st_size > 1_000_000
