@@ -165,7 +165,7 @@ class RecordingEngine(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(json.loads(await request.aread()))
-        body = {"choices": [{"text": " ok", "finish_reason": "stop", "token_ids": [7, 2]}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+        body = {"choices": [{"text": "?", "finish_reason": "stop", "token_ids": [7, 2]}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
         return httpx.Response(200, json=body)
 
 
@@ -195,12 +195,24 @@ def test_gateway_sends_the_engine_only_its_own_body_with_the_frontends_embedding
         request = {"messages": messages, "max_tokens": 4, "temperature": 0, "prompt_embeds": "AAAA", "prompt": "hi"}
         response = gateway.post("/v1/chat/completions", json=request)
     assert response.status_code == 200
-    assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": " ok"}
+    # the answer text is the processor's decoding of the engine's ids, as after generate
+    assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": processor.decode([7, 2], skip_special_tokens=True)}
     (sent,) = engine.requests
     assert set(sent) == {"model", "prompt_embeds", "stream", "return_token_ids", "max_tokens", "temperature"}
     tensor = torch.load(io.BytesIO(base64.b64decode(sent["prompt_embeds"])), weights_only=True)
     assert tensor.dtype == torch.float32
     assert torch.equal(tensor, frontend.prompt_embeddings(messages).embeddings)
+
+
+def test_answer_text_decodes_the_ids_unless_a_stop_string_cut_the_answer(served):
+    from llamo.serving.client import LlamoVLLMClient
+
+    model, processor, _ = served
+    client = LlamoVLLMClient(LlamoFrontEnd.from_llamo(model, processor))
+    ids = processor.tokenizer("Describe ethanol", add_special_tokens=False)["input_ids"]
+    # vLLM held back the bytes of an unfinished character: the ids still hold them
+    assert client.answer_text({"text": "Describe eth", "stop_reason": None}, ids) == "Describe ethanol"
+    assert client.answer_text({"text": "Describe", "stop_reason": " eth"}, ids) == "Describe"
 
 
 # --- end to end on a real vLLM server ---

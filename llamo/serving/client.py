@@ -89,22 +89,33 @@ class LlamoVLLMClient:
         prompt = self.frontend.prompt_embeddings(messages)
         body = {"model": self.model, "prompt_embeds": encode_prompt_embeds(prompt.embeddings), "stream": stream}
         body.update({key: value for key, value in sampling.items() if value is not None})
+        body["return_token_ids"] = True  # the answer's ids (per chunk when streaming): see `answer_text`
         if stream:
             body["stream_options"] = {"include_usage": True}
-        else:
-            body["return_token_ids"] = True
         return body
 
-    @staticmethod
-    def parse_completion(payload: dict) -> Completion:
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Answer text of generated ids, as `processor.decode(..., skip_special_tokens=True)` gives it after generate."""
+        return self.frontend.processor.decode(list(token_ids), skip_special_tokens=True)
+
+    def answer_text(self, choice: dict, token_ids: Sequence[int] | None) -> str:
+        """The text of a finished choice. vLLM's incremental detokenizer drops a trailing incomplete UTF-8 sequence
+        (an answer cut by max_tokens inside a multi-byte character); decoding the ids gives generate's text. When a
+        stop string ended the answer (`stop_reason` is that string), vLLM's text is the one cut at it."""
+        if token_ids is None or isinstance(choice.get("stop_reason"), str):
+            return choice["text"]
+        return self.decode(token_ids)
+
+    def parse_completion(self, payload: dict) -> Completion:
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
+        token_ids = choice.get("token_ids")
         return Completion(
-            text=choice["text"],
+            text=self.answer_text(choice, token_ids),
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=usage.get("prompt_tokens", 0),
             completion_tokens=usage.get("completion_tokens", 0),
-            token_ids=choice.get("token_ids"),
+            token_ids=token_ids,
             raw=payload,
         )
 

@@ -157,11 +157,18 @@ def create_app(
             return f"data: {json.dumps(chunk)}\n\n"
 
         yield event({"role": "assistant", "content": ""})
+        emitted, token_ids = "", []
         try:
             async for chunk in client.stream_completion(body, state["http"]):
                 for choice in chunk.get("choices") or []:
-                    if choice.get("text") or choice.get("finish_reason"):
-                        yield event({"content": choice.get("text") or ""} if choice.get("text") else {}, choice.get("finish_reason"))
+                    text = choice.get("text") or ""
+                    token_ids += choice.get("token_ids") or []
+                    if choice.get("finish_reason"):  # complete the text as the non-streamed answer is completed
+                        final = client.answer_text({**choice, "text": emitted + text}, token_ids)
+                        text = final[len(emitted) :] if final.startswith(emitted) else text
+                    emitted += text
+                    if text or choice.get("finish_reason"):
+                        yield event({"content": text} if text else {}, choice.get("finish_reason"))
                 if chunk.get("usage"):
                     yield event({}, usage=chunk["usage"])
         except httpx.HTTPError as error:  # headers are sent: report in the stream, as OpenAI does
