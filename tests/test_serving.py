@@ -182,6 +182,9 @@ def test_gateway_answers_400_with_the_processors_message_and_sends_nothing_for_a
         unknown_item = [{"role": "user", "content": [{"type": "image", "url": "x"}]}]
         assert gateway.post("/v1/chat/completions", json={"messages": unknown_item}).status_code == 400
         assert gateway.post("/v1/chat/completions", json={"messages": "not a list"}).status_code == 400
+        tool_turn = [{"role": "tool", "content": "42"}]  # the chat template raises for roles LLaMo does not have
+        response = gateway.post("/v1/chat/completions", json={"messages": tool_turn})
+        assert response.status_code == 400 and "system, user and assistant turns" in response.json()["error"]["message"]
         assert engine.requests == []
 
 

@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads((args.output_dir / "serving.json").read_text())
     print(f"exported {manifest['architecture']} ({manifest['dtype']}, head_dim {manifest['head_dim']}) to {args.output_dir / 'language_model'}")
     print(f"front-end (processor, graph encoder, projector, embeddings) in {args.output_dir / 'frontend'}")
+    if manifest["head_dim"] < 32:
+        print(f"warning: head_dim {manifest['head_dim']} is below 32, which vLLM's CPU attention rejects (GPU backends may accept it)")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from jinja2 import TemplateError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
@@ -114,7 +115,7 @@ def create_app(
             return error_response(404, f"model {request.model!r} is not served here; this gateway serves {served_model_name!r}", "not_found_error")
         try:  # rendering, RDKit and the projector: in a worker thread, so requests overlap
             body = await asyncio.to_thread(client.build_request, request.messages, request.stream, **request.sampling())
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, TemplateError) as error:  # the processor's or the chat template's message
             return error_response(400, str(error))
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
