@@ -1,0 +1,306 @@
+"""Serving on stock vLLM through prompt embeddings: export, front-end, gateway, and the end-to-end equivalence.
+
+The first tests need only this environment. The end-to-end tests start a real vLLM server (CPU build, its own venv
+from scripts/install_vllm.sh) on 127.0.0.1 and the gateway in front of it; they skip when that venv is missing,
+except under .ci/run, which installs it and sets LLAMO_SERVING_TESTS=1 to turn the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from configuration_llamo import LlamoConfig
+from llamo.serving.engine import VLLMServer, free_port, vllm_python
+from llamo.serving.export import check_servable, export_for_vllm, extract_language_model, load_llamo, verify_export
+from llamo.serving.frontend import LlamoFrontEnd
+from llamo.serving.gateway import create_app
+from llamo.serving.tiny import build_servable_tiny_llamo, serving_conversations
+
+
+MAX_NEW_TOKENS = 24
+SERVING_REQUIRED = os.environ.get("LLAMO_SERVING_TESTS") == "1"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny LLaMo with head_dim 32 and its export."""
+    model, processor = build_servable_tiny_llamo(seed=3)
+    export_dir = tmp_path_factory.mktemp("served")
+    export_for_vllm(model, processor, export_dir)
+    return model, processor, export_dir
+
+
+def render(processor, messages):
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+
+
+def generate_ids(model, processor, messages) -> list[int]:
+    """`model.generate` greedy answer ids, up to and including EOS."""
+    inputs = render(processor, messages)
+    output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1] :].tolist()
+    eos = model.generation_config.eos_token_id
+    return output[: output.index(eos) + 1] if eos in output else output
+
+
+# --- export and front-end (no vLLM needed) ---
+
+
+def test_export_is_a_plain_causal_lm_that_reproduces_llamo_logits_from_frontend_embeddings(served):
+    model, processor, export_dir = served
+    causal = AutoModelForCausalLM.from_pretrained(export_dir / "language_model")  # no remote code
+    frontend = LlamoFrontEnd.from_pretrained(export_dir / "frontend")
+    assert type(causal) is LlamaForCausalLM and causal.config.head_dim == 32
+    assert not (export_dir / "language_model" / "modeling_llamo.py").exists()
+    for messages in serving_conversations(5):  # one molecule, two molecules, multi-turn
+        inputs = render(processor, messages)
+        with torch.inference_mode():
+            expected = model(**inputs).logits
+            got = causal(inputs_embeds=frontend.embed_inputs(inputs)).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert json.loads((export_dir / "serving.json").read_text())["dtype"] == "float32"
+
+
+def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(served):
+    model, processor, export_dir = served
+    causal = AutoModelForCausalLM.from_pretrained(export_dir / "language_model")
+    frontend = LlamoFrontEnd.from_pretrained(export_dir / "frontend")
+    for messages in serving_conversations(4):
+        prompt = frontend.prompt_embeddings(messages)
+        assert prompt.input_ids == render(processor, messages)["input_ids"][0].tolist()
+        output = causal.generate(
+            inputs_embeds=prompt.embeddings[None], attention_mask=torch.ones(1, len(prompt.input_ids), dtype=torch.long),
+            max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+        )[0].tolist()  # fmt: skip
+        expected = generate_ids(model, processor, messages)
+        assert output[: len(expected)] == expected
+
+
+def test_exported_chat_template_reads_openai_content_parts_like_the_processor(served):
+    _, processor, export_dir = served
+    tokenizer = AutoTokenizer.from_pretrained(export_dir / "language_model")
+    parts = [
+        {"role": "system", "content": [{"type": "text", "text": "You are a chemist."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Name"}, {"type": "text", "text": "ethanol's formula."}]},
+        {"role": "assistant", "content": "C2H6O"},
+        {"role": "user", "content": "Thanks."},
+    ]
+    strings = [{**message, "content": message["content"] if isinstance(message["content"], str) else " ".join(p["text"] for p in message["content"])} for message in parts]
+    rendered = tokenizer.apply_chat_template(parts, tokenize=False, add_generation_prompt=True)
+    assert rendered == processor.apply_chat_template(strings, tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith("<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]")
+
+
+@pytest.mark.parametrize(
+    "text_config, message",
+    [
+        ({"model_type": "gemma2", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "num_key_value_heads": 1, "head_dim": 32, "vocab_size": 64}, "scales its input embeddings"),
+        ({"model_type": "granite", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "vocab_size": 64, "logits_scaling": 8.0}, "logits_scaling=8.0"),
+    ],
+)  # fmt: skip
+def test_export_refuses_families_whose_embedding_or_logit_transform_vllm_would_not_reproduce(text_config, message):
+    config = LlamoConfig(text_config=text_config, gnn_num_layers=1, gnn_hidden_size=8, projector_num_heads=2, graph_token_id=1)
+    with pytest.raises(ValueError, match=message):
+        check_servable(config)
+
+
+def test_export_self_check_fails_when_the_exported_head_differs(served):
+    model, processor, _ = served
+    frontend = LlamoFrontEnd.from_llamo(model, processor)
+    causal = extract_language_model(model)
+    assert verify_export(model, frontend, causal) <= 1e-5
+    with torch.no_grad():
+        causal.lm_head.weight[5] += 1.0  # what a family-specific head transform looks like from outside
+    with pytest.raises(ValueError, match="does not reproduce LLaMo's logits"):
+        verify_export(model, frontend, causal)
+
+
+def test_export_of_a_lora_adapter_folder_merges_it(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = build_servable_tiny_llamo(seed=5)
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    model.save_pretrained(base_dir)
+    processor.save_pretrained(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=True)
+    peft_model = get_peft_model(base, LoraConfig(r=4, task_type="CAUSAL_LM", target_modules=r"^model\.language_model\..*\.(q_proj|v_proj)$"))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)  # a trained-looking adapter that changes the logits
+    peft_model.save_pretrained(adapter_dir)
+    processor.save_pretrained(adapter_dir)
+    merged, merged_processor = load_llamo(adapter_dir)
+    inputs = render(processor, serving_conversations(1)[0])
+    with torch.inference_mode():
+        adapted, plain = peft_model.eval()(**inputs).logits, model(**inputs).logits
+        export_dir = export_for_vllm(merged, merged_processor, tmp_path / "served")
+        causal = AutoModelForCausalLM.from_pretrained(export_dir / "language_model")
+        exported = causal(inputs_embeds=LlamoFrontEnd.from_pretrained(export_dir / "frontend").embed_inputs(inputs)).logits
+    assert not torch.allclose(adapted, plain, atol=1e-3)
+    torch.testing.assert_close(exported, adapted, rtol=0, atol=1e-4)
+
+
+# --- gateway contract with a recording transport in place of the engine ---
+
+
+class RecordingEngine(httpx.AsyncBaseTransport):
+    """Records the requests that reach "vLLM" and answers with a fixed completion."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(json.loads(await request.aread()))
+        body = {"choices": [{"text": "?", "finish_reason": "stop", "token_ids": [7, 2]}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+        return httpx.Response(200, json=body)
+
+
+def test_gateway_answers_400_with_the_processors_message_and_sends_nothing_for_an_invalid_smiles(served):
+    model, processor, _ = served
+    engine = RecordingEngine()
+    with TestClient(create_app(LlamoFrontEnd.from_llamo(model, processor), "http://engine", transport=engine)) as gateway:
+        bad = [{"role": "user", "content": [{"type": "molecule", "smiles": "C1CC("}, {"type": "text", "text": "Describe it."}]}]
+        response = gateway.post("/v1/chat/completions", json={"messages": bad, "max_tokens": 4})
+        with pytest.raises(ValueError) as processor_error:
+            render(processor, bad)
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == str(processor_error.value)
+        unknown_item = [{"role": "user", "content": [{"type": "image", "url": "x"}]}]
+        assert gateway.post("/v1/chat/completions", json={"messages": unknown_item}).status_code == 400
+        assert gateway.post("/v1/chat/completions", json={"messages": "not a list"}).status_code == 400
+        tool_turn = [{"role": "tool", "content": "42"}]  # the chat template raises for roles LLaMo does not have
+        response = gateway.post("/v1/chat/completions", json={"messages": tool_turn})
+        assert response.status_code == 400 and "system, user and assistant turns" in response.json()["error"]["message"]
+        assert engine.requests == []
+
+
+def test_gateway_sends_the_engine_only_its_own_body_with_the_frontends_embeddings(served):
+    model, processor, _ = served
+    engine = RecordingEngine()
+    frontend = LlamoFrontEnd.from_llamo(model, processor)
+    messages = serving_conversations(2)[1]
+    with TestClient(create_app(frontend, "http://engine", transport=engine)) as gateway:
+        # a caller trying to smuggle raw embeddings or a text prompt to the engine
+        request = {"messages": messages, "max_tokens": 4, "temperature": 0, "prompt_embeds": "AAAA", "prompt": "hi"}
+        response = gateway.post("/v1/chat/completions", json=request)
+    assert response.status_code == 200
+    # the answer text is the processor's decoding of the engine's ids, as after generate
+    assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": processor.decode([7, 2], skip_special_tokens=True)}
+    (sent,) = engine.requests
+    assert set(sent) == {"model", "prompt_embeds", "stream", "return_token_ids", "max_tokens", "temperature"}
+    tensor = torch.load(io.BytesIO(base64.b64decode(sent["prompt_embeds"])), weights_only=True)
+    assert tensor.dtype == torch.float32
+    assert torch.equal(tensor, frontend.prompt_embeddings(messages).embeddings)
+
+
+def test_answer_text_decodes_the_ids_unless_a_stop_string_cut_the_answer(served):
+    from llamo.serving.client import LlamoVLLMClient
+
+    model, processor, _ = served
+    client = LlamoVLLMClient(LlamoFrontEnd.from_llamo(model, processor))
+    ids = processor.tokenizer("Describe ethanol", add_special_tokens=False)["input_ids"]
+    # vLLM held back the bytes of an unfinished character: the ids still hold them
+    assert client.answer_text({"text": "Describe eth", "stop_reason": None}, ids) == "Describe ethanol"
+    assert client.answer_text({"text": "Describe", "stop_reason": " eth"}, ids) == "Describe"
+
+
+# --- end to end on a real vLLM server ---
+
+
+@pytest.fixture(scope="module")
+def vllm_server(served, tmp_path_factory):
+    if not vllm_python().exists():
+        reason = f"no vLLM environment at {vllm_python().parent.parent} (bash scripts/install_vllm.sh)"
+        if SERVING_REQUIRED:
+            pytest.fail(reason + "; LLAMO_SERVING_TESTS=1 requires it")
+        pytest.skip(reason + "; .ci/run installs it and sets LLAMO_SERVING_TESTS=1, which turns this skip into a failure")
+    _, _, export_dir = served
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with VLLMServer(export_dir, log_path=log, max_model_len=512) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gateway_url(served, vllm_server):
+    import uvicorn
+
+    _, _, export_dir = served
+    app = create_app(export_dir / "frontend", vllm_server.url)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{server.config.port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_vllm_server_listens_on_loopback_only(vllm_server):
+    command = vllm_server.command
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert "--enable-prompt-embeds" in command
+
+
+def test_gateway_over_vllm_gives_generates_greedy_answers_for_32_prompts(served, gateway_url):
+    model, processor, _ = served
+    conversations = serving_conversations(32)
+    assert sum(len([i for m in c for i in (m["content"] if isinstance(m["content"], list) else []) if i["type"] == "molecule"]) == 2 for c in conversations) >= 10
+
+    async def ask_all():
+        async with httpx.AsyncClient(timeout=600) as http:
+            requests = [
+                http.post(f"{gateway_url}/v1/chat/completions", json={"messages": c, "max_tokens": MAX_NEW_TOKENS, "temperature": 0})
+                for c in conversations
+            ]
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(ask_all())
+    assert [r.status_code for r in responses] == [200] * 32
+    expected = [generate_ids(model, processor, c) for c in conversations]
+    got = [r.json()["choices"][0]["token_ids"] for r in responses]
+    matches = sum(g == e for g, e in zip(got, expected))
+    assert matches == 32, f"{matches}/32 identical; first difference: {next((g, e) for g, e in zip(got, expected) if g != e)}"
+    assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [
+        processor.decode(ids, skip_special_tokens=True) for ids in expected
+    ]
+    assert len({tuple(ids) for ids in expected}) >= 8  # the prompts really steer the answers
+
+
+def test_gateway_streams_the_same_answer(served, gateway_url):
+    model, processor, _ = served
+    messages = serving_conversations(3)[2]
+    body = {"messages": messages, "max_tokens": MAX_NEW_TOKENS, "temperature": 0, "stream": True}
+    pieces, finish = [], None
+    with httpx.stream("POST", f"{gateway_url}/v1/chat/completions", json=body, timeout=300) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[len("data: ") :])
+                for choice in chunk["choices"]:
+                    pieces.append(choice["delta"].get("content", ""))
+                    finish = choice["finish_reason"] or finish
+    assert "".join(pieces) == processor.decode(generate_ids(model, processor, messages), skip_special_tokens=True)
+    assert finish in ("stop", "length")
+
+
+def test_gateway_over_vllm_rejects_an_invalid_smiles_with_400(gateway_url):
+    bad = [{"role": "user", "content": [{"type": "molecule", "smiles": "c1cccc1"}, {"type": "text", "text": "Describe it."}]}]
+    response = httpx.post(f"{gateway_url}/v1/chat/completions", json={"messages": bad}, timeout=60)
+    assert response.status_code == 400
+    assert "molecule 0" in response.json()["error"]["message"]
