@@ -32,9 +32,10 @@ import time
 
 import torch
 
-
+from configuration_llamo import PROJECTOR_SPECS
 from llamo.base_llm import pretrain_base_llm
 from llamo.evaluation import evaluate, evaluate_baseline, load_examples
+
 from quality.data import missing_sources, prepare_splits  # a sibling package: run as `python benchmarks/run_benchmark.py`
 from quality.report import build_report, update_readme, write_report
 
@@ -75,8 +76,8 @@ def train_variant(args, variant: str, seed: int, base_llm: pathlib.Path, splits,
     mixture = [f"{splits[task].spec('train')}@{weight}" for task, weight in MIX_WEIGHTS.items()]
     lora = ["--lora_target_modules", "all-linear", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", str(args.stage2_lr)]
     runs, output = {}, models / f"{variant}-seed{seed}"
-    if variant == "none":
-        start = ["--llm", str(base_llm), "--projector_type", "none"]
+    if not PROJECTOR_SPECS[variant].uses_graph:  # text only: no stage 1
+        start = ["--llm", str(base_llm), "--projector_type", variant]
     else:
         stage1 = models / f"{variant}-seed{seed}-stage1"
         graph = ",".join(f"{key}={value}" for key, value in TINY_GRAPH_CONFIG.items())

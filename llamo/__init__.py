@@ -6,14 +6,16 @@ per module (see docs/architecture.md):
 
 | module | job |
 |---|---|
-| `llamo.data` | data formats -> conversations, featurization + tokenization for training, collator, skip counts |
+| `llamo.data` | data formats (`FORMATS`) -> conversations, featurization + tokenization for training, collator, skip counts |
 | `llamo.collator` | `LlamoChatCollator`: stock TRL `SFTTrainer` on raw chat rows with molecules |
 | `llamo.instructions` | RDKit-computed question/answer pairs about molecules |
-| `llamo.metrics` | text, number and molecule metrics |
+| `llamo.examples` | evaluation examples (`Example`, `question_kind`, loading), shared by evaluation and baselines |
+| `llamo.metrics` | metric families: text, names, numbers, molecules, exact match (`METRIC_FAMILIES`) |
 | `llamo.baselines` | answers without a language model (retrieval, most common / mean) |
 | `llamo.evaluation` | the evaluation runner (`llamo-eval`) |
 | `llamo.attention` | the projector's attention mapped onto atoms, pictures (`llamo-attention`) |
 | `llamo.tiny` | a tiny LLaMo for CPUs and its shipped tokenizer (`llamo-tiny`) |
+| `llamo.base_llm` | stage 0 of the tiny pipelines: a tiny Llama learns the conversations as text |
 | `llamo.convert` | converter from the original checkpoint (`llamo-convert`) |
 | `llamo.demo` | the Gradio demo (`llamo-demo`, or `python app.py`) |
 """
