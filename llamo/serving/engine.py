@@ -63,9 +63,11 @@ def vllm_server_command(
 
 
 def server_environment() -> dict[str, str]:
-    """Environment for the server: vLLM's CPU KV cache in GiB (default 1 here, vLLM's own default is larger)."""
+    """Environment for the server: vLLM's CPU KV cache in GiB (default 1 here, vLLM's own default is larger), no
+    usage statistics."""
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")  # the engine serves local folders and reports nothing outside
     for name in ("PYTHONPATH", "VIRTUAL_ENV"):  # the engine must not import from LLaMo's environment
         env.pop(name, None)
     return env
