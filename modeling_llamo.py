@@ -51,6 +51,7 @@ def deprecate_old_cache_name(forward):
         return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
     return forward
 
+
 @dataclass
 class LlamoGraphOutput(ModelOutput):
     """

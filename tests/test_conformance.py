@@ -345,7 +345,12 @@ def test_gradient_checkpointing_with_peft_enable_input_require_grads_trains_lora
         base, _ = build_tiny_llamo(seed=3)
         base.train()
         if checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            # transformers >= 5.2x calls it activation checkpointing (the old name, which PEFT and TRL call, warns)
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            assert base.model.language_model.gradient_checkpointing
             base.enable_input_require_grads()  # what PEFT's prepare_model_for_kbit_training / TRL call
         peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False))
         peft_model.base_model.model.model.graph_encoder.eval()  # same BatchNorm statistics in both runs
