@@ -15,12 +15,14 @@ import io
 import pytest
 import torch
 from conftest import MOLECULES, user_turn
-from transformers import CompileConfig, DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import CompileConfig, DynamicCache, GenerationMixin, LlamaForCausalLM, StaticCache
 
 from llamo.tiny import build_tiny_llamo, tiny_llamo_config
-from modeling_llamo import CACHE_ARGUMENT, LlamoForConditionalGeneration
+from modeling_llamo import LlamoForConditionalGeneration
 
 
+# the name transformers gives the KV cache: `cache` since 5.24, `past_key_values` before
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
 NEW_TOKENS = 8
 GREEDY = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
