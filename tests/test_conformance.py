@@ -158,6 +158,7 @@ def test_prompt_lookup_decoding_equals_greedy(model_and_processor, chat):
     assert torch.equal(model.generate(**inputs, prompt_lookup_num_tokens=3, **GREEDY), reference)
 
 
+@pytest.mark.skipif(CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (README)")
 def test_chunked_prefill_that_splits_the_graph_slots_raises_a_clear_error(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, _ = chat
@@ -239,9 +240,11 @@ def test_tensor_parallel_plan_shards_lm_head_like_llava(model_and_processor):
     assert plan["lm_head"] == "colwise_gather_output"
     assert plan["model.language_model.layers.*.self_attn.q_proj"] == "colwise"  # the language model's own plan
     # a tied lm_head must be sharded like the embeddings it shares its weight with (transformers checks both or neither)
+    # (Llama's plan shards the embeddings since transformers 5.24; before, neither is sharded)
     tied, _ = build_tiny_llamo(seed=3, tie_word_embeddings=True)
     assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
-    assert tied.tp_plan["model.language_model.embed_tokens"] == "embedding_rowwise" and tied.tp_plan["lm_head"]
+    expected = "embedding_rowwise" if CACHE_ARGUMENT == "cache" else None
+    assert tied.tp_plan.get("model.language_model.embed_tokens") == expected and tied.tp_plan["lm_head"]
 
 
 # --- embeddings, serialization, initialization, training ---------------------------------------------------------
