@@ -58,6 +58,7 @@ def deprecate_old_cache_name(forward):
         return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
     return forward
 
+
 @dataclass
 class LlamoGraphOutput(ModelOutput):
     """
@@ -915,7 +916,9 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         graph inputs travel in `kwargs`. With a KV cache the graph vectors are computed once, when their slots are
         fed, whatever the cache type (dynamic, static, an assistant's cache reused across rounds).
         """
-        cache = cache if cache is not None else kwargs.pop("past_key_values", None)
+        # transformers < 5.24 keeps its own cache under the old name, next to a `cache=` the caller gave
+        old_name_cache = kwargs.pop("past_key_values", None)
+        cache = cache if cache is not None else old_name_cache
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             next_sequence_length=next_sequence_length,

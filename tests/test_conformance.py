@@ -15,12 +15,14 @@ import io
 import pytest
 import torch
 from conftest import MOLECULES, user_turn
-from transformers import CompileConfig, DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import CompileConfig, DynamicCache, GenerationMixin, LlamaForCausalLM, StaticCache
 
 from llamo.tiny import build_tiny_llamo, tiny_llamo_config
 from modeling_llamo import LlamoForConditionalGeneration
 
 
+# the name transformers gives the KV cache: `cache` since 5.24, `past_key_values` before
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
 NEW_TOKENS = 8
 GREEDY = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
@@ -75,7 +77,8 @@ def merged_embeddings(model, inputs) -> torch.Tensor:
 # --- generation ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argument", ["past_key_values", "cache"])
+# `cache` is the name since transformers 5.24; `past_key_values` works in every release
+@pytest.mark.parametrize("argument", ["past_key_values", "cache"] if CACHE_ARGUMENT == "cache" else ["past_key_values"])
 def test_a_given_dynamic_cache_gives_the_tokens_of_generate_without_one(model_and_processor, chat, argument):
     model, _ = model_and_processor
     inputs, reference = chat
@@ -88,6 +91,7 @@ def test_a_given_dynamic_cache_gives_the_tokens_of_generate_without_one(model_an
     assert cache.get_seq_length() == reference.shape[1] - 1  # the given cache object is the one that was filled
 
 
+@pytest.mark.skipif(CACHE_ARGUMENT != "cache", reason="transformers < 5.24 names the cache past_key_values")
 def test_forward_takes_the_cache_as_cache_and_warns_on_the_old_name(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, _ = chat
@@ -107,7 +111,7 @@ def test_a_given_static_cache_encodes_the_graph_once_and_gives_the_same_tokens(m
     inputs, reference = chat
     cache = StaticCache(config=model.config, max_cache_len=reference.shape[1] + 4)
     calls = EncoderCalls(model)
-    output = model.generate(**inputs, cache=cache, **GREEDY)
+    output = model.generate(**inputs, **{CACHE_ARGUMENT: cache}, **GREEDY)
     calls.handle.remove()
     assert torch.equal(output, reference)
     assert calls.count == 1
@@ -122,10 +126,10 @@ def test_generation_continues_from_a_cache_holding_the_start_of_the_prompt(model
     cache = DynamicCache(config=model.config)
     prefix = {"input_ids": inputs["input_ids"][:, :prefix_length], "attention_mask": inputs["attention_mask"][:, :prefix_length]}
     with torch.no_grad():  # e.g. a shared system prompt, or a conversation so far, computed once
-        model(**prefix, **(graph_inputs(inputs) if cached == "the_slots" else {}), cache=cache)
+        model(**prefix, **(graph_inputs(inputs) if cached == "the_slots" else {}), **{CACHE_ARGUMENT: cache})
     assert cache.get_seq_length() == prefix_length
     calls = EncoderCalls(model)
-    output = model.generate(**inputs, cache=cache, **GREEDY)
+    output = model.generate(**inputs, **{CACHE_ARGUMENT: cache}, **GREEDY)
     calls.handle.remove()
     assert torch.equal(output, reference)
     assert calls.count == (1 if cached == "text_before_the_slots" else 0)  # graph vectors computed once in all
@@ -154,6 +158,7 @@ def test_prompt_lookup_decoding_equals_greedy(model_and_processor, chat):
     assert torch.equal(model.generate(**inputs, prompt_lookup_num_tokens=3, **GREEDY), reference)
 
 
+@pytest.mark.skipif(CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (README)")
 def test_chunked_prefill_that_splits_the_graph_slots_raises_a_clear_error(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, _ = chat
@@ -235,9 +240,11 @@ def test_tensor_parallel_plan_shards_lm_head_like_llava(model_and_processor):
     assert plan["lm_head"] == "colwise_gather_output"
     assert plan["model.language_model.layers.*.self_attn.q_proj"] == "colwise"  # the language model's own plan
     # a tied lm_head must be sharded like the embeddings it shares its weight with (transformers checks both or neither)
+    # (Llama's plan shards the embeddings since transformers 5.24; before, neither is sharded)
     tied, _ = build_tiny_llamo(seed=3, tie_word_embeddings=True)
     assert tied.lm_head.weight is tied.model.language_model.embed_tokens.weight
-    assert tied.tp_plan["model.language_model.embed_tokens"] == "embedding_rowwise" and tied.tp_plan["lm_head"]
+    expected = "embedding_rowwise" if CACHE_ARGUMENT == "cache" else None
+    assert tied.tp_plan.get("model.language_model.embed_tokens") == expected and tied.tp_plan["lm_head"]
 
 
 # --- embeddings, serialization, initialization, training ---------------------------------------------------------
@@ -343,7 +350,12 @@ def test_gradient_checkpointing_with_peft_enable_input_require_grads_trains_lora
         base, _ = build_tiny_llamo(seed=3)
         base.train()
         if checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            # transformers >= 5.2x calls it activation checkpointing (the old name, which PEFT and TRL call, warns)
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            assert base.model.language_model.gradient_checkpointing
             base.enable_input_require_grads()  # what PEFT's prepare_model_for_kbit_training / TRL call
         peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False))
         peft_model.base_model.model.model.graph_encoder.eval()  # same BatchNorm statistics in both runs
