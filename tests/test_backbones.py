@@ -259,3 +259,15 @@ def test_moe_generation_works_with_router_logits_on(runs):
         batch = molecule_inputs(processor)
         out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
         assert out.shape == (2, batch["input_ids"].shape[1] + 3)
+
+
+def test_gpt2_conv1d_layers_count_as_linear_for_named_and_all_linear_targets():
+    from transformers import GPT2Config, GPT2Model
+
+    language_model = GPT2Model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50))
+    _, every = lora_target_regex(language_model, ["all-linear"])
+    assert sorted(every) == ["c_attn", "c_fc", "c_proj"]
+    regex, named = lora_target_regex(language_model, ["c_attn"])
+    assert named == ["c_attn"] and regex == r"^model\.language_model\..*\.(c_attn)$"
+    with pytest.raises(ValueError, match=r"are not linear layers of the language model; it has \['c_attn', 'c_fc', 'c_proj'\]"):
+        lora_target_regex(language_model, ["q_proj", "v_proj"])
