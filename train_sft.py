@@ -21,12 +21,12 @@ import importlib.util
 import json
 import pathlib
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
@@ -35,6 +35,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.model_card import card_info, write_model_card
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 from llamo.tiny import build_tiny_llamo
@@ -73,6 +74,9 @@ class LlamoModelArguments:
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantization type: nf4 or fp4."})
     use_bnb_nested_quant: bool = field(default=False, metadata={"help": "4-bit: also quantize the quantization constants."})
     license: str = field(default="apache-2.0", metadata={"help": "License written in the model card."})
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep the checkpoint-N folders after a successful run (deleted by default)."}
+    )
 
 
 @dataclass
@@ -229,70 +233,6 @@ class LlamoSFTTrainer(SFTTrainer):
             write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
 
 
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A [LLaMo](https://arxiv.org/abs/2411.00871) model (molecular-graph assistant): a GIN encodes the molecule, a
-{{ projector }} projector turns it into {{ graph_tokens }} graph tokens, and the language model `{{ language_model }}`
-answers. Trained with `train_sft.py` of the LLaMo-on-transformers code (TRL `SFTTrainer`), stage {{ stage }}
-({{ stage_name }}).
-
-## Usage
-
-```python
-from transformers import AutoModelForCausalLM, AutoProcessor
-
-model = AutoModelForCausalLM.from_pretrained("{{ repo }}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{{ repo }}", trust_remote_code=True)
-messages = [{"role": "user", "content": [
-    {"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"},
-    {"type": "text", "text": "Describe this molecule."}]}]
-inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                       return_dict=True, return_tensors="pt")
-out = model.generate(**inputs, max_new_tokens=128)
-print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-{% if adapter %}
-This folder holds a PEFT LoRA adapter (and the trained projector) on top of `{{ adapter_base }}`; load it with
-`peft.AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, or merge it.
-{% endif %}
-## Training
-
-| | |
-|---|---|
-| stage | {{ stage }} ({{ stage_name }}) |
-| trained | {{ trained }} |
-| data | {{ data }} |
-| examples | {{ train_examples }} train, {{ eval_examples }} held out |
-| rows skipped | {{ skipped_total }}{% if skipped %}: {{ skipped }}{% endif %} |
-| steps / epochs | {{ steps }} / {{ epochs }} |
-| learning rate, batch | {{ learning_rate }}, {{ batch_size }} per device x {{ accumulation }} accumulation x {{ world_size }} processes |
-| final training loss | {{ train_loss }} |
-| time | {{ seconds }} s on {{ hardware }} |
-{% if results %}
-## Results
-
-{{ results }}
-{% endif %}
-"""
-
-
-def write_model_card(output_dir: pathlib.Path, **info) -> None:
-    data = ModelCardData(
-        license=info["license"],
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["llamo", "chemistry", "molecules", "graph-neural-network", "trl", "sft"],
-        datasets=info["dataset_ids"] or None,
-        base_model=info["base_model"],
-    )
-    card = ModelCard.from_template(data, template_str=MODEL_CARD_TEMPLATE, **info)
-    card.save(output_dir / "README.md")
-
-
 def default_arguments(parser: TrlParser) -> None:
     """CPU-friendly defaults when there is no accelerator (SFTConfig defaults to bf16 and checkpointing)."""
     if not torch.cuda.is_available():
@@ -355,6 +295,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if resume in ("last", "True", "true"):
         resume = get_last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
+    if eval_dataset is not None:  # the held-out loss of the final weights, for the summary and the model card
+        trainer.evaluate()
 
     final_model = trainer.model
     if model_args.stage == 2 and not model_args.keep_adapter:
@@ -380,49 +322,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         processor.save_pretrained(output_dir)
         trainer.create_model_card()
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        if not model_args.keep_checkpoints:  # the finished folder is the Hub repository: no optimizer states in it
+            for checkpoint in output_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
         print_summary(summary, skipped)
     if training_args.push_to_hub:
         trainer.model = trainer.model_wrapped = final_model  # upload the merged weights, not the adapter
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
     return summary
-
-
-def card_info(model, model_args, data_args, training_args, summary, trainer) -> dict:
-    config = model.config
-    language_model = config.text_config._name_or_path or "tiny Llama (llamo/tiny.py)"
-    is_hub_id = bool(config.text_config._name_or_path) and not pathlib.Path(language_model).exists()
-    trained = {1: "GIN + projector" + (" + LLM input embeddings" if model_args.train_input_embeddings else ""), 2: "projector + LoRA"}
-    sources = [DataSource.parse(spec) for spec in data_args.datasets]
-    return {
-        "title": pathlib.Path(training_args.output_dir).name,
-        "repo": training_args.hub_model_id or str(training_args.output_dir),
-        "license": model_args.license,
-        "language_model": language_model,
-        "base_model": language_model if is_hub_id else None,
-        "dataset_ids": [s.path for s in sources if not pathlib.Path(s.path).exists()],
-        "projector": config.projector_type,
-        "graph_tokens": config.num_graph_tokens if config.num_graph_tokens is not None else "one-per-atom",
-        "stage": model_args.stage,
-        "stage_name": "graph-language alignment" if model_args.stage == 1 else "instruction tuning",
-        "trained": trained[model_args.stage] + f" (LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha})" * (model_args.stage == 2),
-        "adapter": model_args.stage == 2 and model_args.keep_adapter,
-        "adapter_base": model_args.init_from,
-        "data": ", ".join(s.name + (f" @{s.weight}" if s.weight else "") for s in sources),
-        "train_examples": summary["train_examples"],
-        "eval_examples": summary["eval_examples"],
-        "skipped_total": summary["skipped"]["total"],
-        "skipped": ", ".join(f"{n} {reason}" for reason, n in summary["skipped"]["by_reason"].items()),
-        "steps": summary["steps"],
-        "epochs": round(trainer.state.epoch or 0, 2),
-        "learning_rate": training_args.learning_rate,
-        "batch_size": training_args.per_device_train_batch_size,
-        "accumulation": training_args.gradient_accumulation_steps,
-        "world_size": training_args.world_size,
-        "train_loss": f"{summary['train_loss']:.4f}",
-        "seconds": summary["seconds"],
-        "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "results": None,
-    }
 
 
 def print_summary(summary: dict, skipped: SkipReport) -> None:

@@ -330,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=pathlib.Path, required=True)
+    parser.add_argument(
+        "--update_model_card", action="store_true", help="--model folder: add the results to its README.md (model-index + table)"
+    )
     args = parser.parse_args(argv)
 
     examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
@@ -352,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({"tasks": results["tasks"], "rows_skipped": skipped}, indent=2))
     print(f"\nSummary ({results['model']}, {results['examples']} examples):\n" + summary_table(results["tasks"]))
+    if args.update_model_card:
+        from llamo.model_card import add_evaluation_to_card
+
+        if args.model is None or not pathlib.Path(args.model).is_dir():
+            parser.error("--update_model_card needs --model to be a local folder")
+        add_evaluation_to_card(pathlib.Path(args.model), results, " + ".join(args.datasets))
     return results
 
 
