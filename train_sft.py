@@ -17,6 +17,7 @@ a model card written from the run.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import pathlib
@@ -35,6 +36,7 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.cli import check_model_path
 from llamo.model_card import card_info, write_model_card
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
@@ -142,6 +144,11 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     or stage 2 without alignment, e.g. the text-only `projector_type none` baseline)."""
     if model_args.stage not in (1, 2):
         raise ValueError(f"--stage must be 1 or 2, got {model_args.stage}")
+    # A mistyped local path fails here, clearly, instead of as a Hub connection or repo-id error.
+    if model_args.init_from is not None:
+        model_args.init_from = check_model_path(model_args.init_from, "--init_from")
+    if model_args.llm is not None:
+        model_args.llm = check_model_path(model_args.llm, "--llm")
     quantization = quantization_config(model_args)
     if model_args.init_from is not None:
         if model_args.stage == 1:
@@ -233,6 +240,17 @@ class LlamoSFTTrainer(SFTTrainer):
             write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
 
 
+# A short usage line: argparse's own lists all ~150 flags; LLaMo's come first in the help, then SFTConfig's.
+USAGE = (
+    "train_sft.py [-h] --datasets SPEC [SPEC ...] --output_dir DIR [--stage {1,2}] [--llm LLM | --init_from FOLDER]\n"
+    "                    [LLaMo options] [SFTConfig / TrainingArguments options]"
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default."""
+
+
 def default_arguments(parser: TrlParser) -> None:
     """CPU-friendly defaults when there is no accelerator (SFTConfig defaults to bf16 and checkpointing)."""
     if not torch.cuda.is_available():
@@ -246,7 +264,9 @@ def default_arguments(parser: TrlParser) -> None:
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Run one stage from command-line arguments; `callbacks` go to the trainer. Returns the run's summary."""
-    parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
+    parser = TrlParser(
+        (LlamoModelArguments, LlamoDataArguments, SFTConfig), usage=USAGE, description=__doc__, formatter_class=HelpFormatter
+    )
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
     # We featurize and tokenize ourselves (llamo_data), and our collator needs the graph columns.

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
+from llamo.cli import check_device, check_model_path
 from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
 from llamo.metrics import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
 
@@ -335,6 +336,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
 
+    try:  # before reading data or loading anything: a mistyped folder or a missing GPU is reported at once
+        if args.model is not None:
+            args.model = check_model_path(args.model, "--model")
+            args.device = check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
     task_metrics = parse_task_metrics(args.task_metrics)
     if args.baseline is not None:
