@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     name = args.model or str(DEFAULT_MODEL)
     try:
         name = check_model_path(name, "--model")
-    except ValueError as error:
-        sys.exit(str(error))
+    except ValueError as error:  # a mistyped local folder: said before any Hub call
+        sys.exit(f"Could not load a LLaMo model from {name!r}: {error}")
     try:
         model, processor = load_model(name)
     except OSError as error:  # not a folder, and not a Hub id that can be reached
