@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,11 @@ from transformers.utils.generic import can_return_tuple
 
 
 try:  # inside `try` so transformers' remote-code import check passes on the plain-module fallback below
-    from torch_geometric.nn import BatchNorm, GINEConv
-    from torch_geometric.utils import to_dense_batch
+    with warnings.catch_warnings():  # torch_geometric scripts helpers with torch.jit at import, deprecated in newer torch
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated", category=FutureWarning)
+        from torch_geometric.nn import BatchNorm, GINEConv
+        from torch_geometric.utils import to_dense_batch
 except ImportError as error:
     raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
 

@@ -17,16 +17,17 @@ a model card written from the run.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import pathlib
 import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from peft import LoraConfig
 from torch import nn
 from transformers import BitsAndBytesConfig, TrainerCallback
@@ -35,6 +36,8 @@ from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.cli import check_model_path
+from llamo.model_card import card_info, write_model_card
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 from llamo.saving import refuse_unsupported_engines, save_final_model
@@ -92,6 +95,9 @@ class LlamoModelArguments:
     check_fidelity: bool = field(
         default=True, metadata={"help": "New models: check that text-only logits equal the LLM's before training."}
     )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep the checkpoint-N folders after a successful run (deleted by default)."}
+    )
 
 
 @dataclass
@@ -140,6 +146,11 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
     or stage 2 without alignment, e.g. the text-only `projector_type none` baseline)."""
     if model_args.stage not in (1, 2):
         raise ValueError(f"--stage must be 1 or 2, got {model_args.stage}")
+    # A mistyped local path fails here, clearly, instead of as a Hub connection or repo-id error.
+    if model_args.init_from is not None:
+        model_args.init_from = check_model_path(model_args.init_from, "--init_from")
+    if model_args.llm is not None:
+        model_args.llm = check_model_path(model_args.llm, "--llm")
     quantization = quantization_config(model_args)
     if model_args.init_from is not None:
         if model_args.stage == 1:
@@ -237,68 +248,15 @@ class LlamoSFTTrainer(SFTTrainer):
             write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
 
 
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-A [LLaMo](https://arxiv.org/abs/2411.00871) model (molecular-graph assistant): a GIN encodes the molecule, a
-{{ projector }} projector turns it into {{ graph_tokens }} graph tokens, and the language model `{{ language_model }}`
-answers. Trained with `train_sft.py` of the LLaMo-on-transformers code (TRL `SFTTrainer`), stage {{ stage }}
-({{ stage_name }}).
-
-## Usage
-
-```python
-from transformers import AutoModelForCausalLM, AutoProcessor
-
-model = AutoModelForCausalLM.from_pretrained("{{ repo }}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{{ repo }}", trust_remote_code=True)
-messages = [{"role": "user", "content": [
-    {"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"},
-    {"type": "text", "text": "Describe this molecule."}]}]
-inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                       return_dict=True, return_tensors="pt")
-out = model.generate(**inputs, max_new_tokens=128)
-print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```
-{% if adapter %}
-This folder holds a PEFT LoRA adapter (and the trained projector) on top of `{{ adapter_base }}`; load it with
-`peft.AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=True)`, or merge it.
-{% endif %}
-## Training
-
-| | |
-|---|---|
-| stage | {{ stage }} ({{ stage_name }}) |
-| trained | {{ trained }} |
-| data | {{ data }} |
-| examples | {{ train_examples }} train, {{ eval_examples }} held out |
-| rows skipped | {{ skipped_total }}{% if skipped %}: {{ skipped }}{% endif %} |
-| steps / epochs | {{ steps }} / {{ epochs }} |
-| learning rate, batch | {{ learning_rate }}, {{ batch_size }} per device x {{ accumulation }} accumulation x {{ world_size }} processes |
-| final training loss | {{ train_loss }} |
-| time | {{ seconds }} s on {{ hardware }} |
-{% if results %}
-## Results
-
-{{ results }}
-{% endif %}
-"""
+# A short usage line: argparse's own lists all ~150 flags; LLaMo's come first in the help, then SFTConfig's.
+USAGE = (
+    "train_sft.py [-h] --datasets SPEC [SPEC ...] --output_dir DIR [--stage {1,2}] [--llm LLM | --init_from FOLDER]\n"
+    "                    [LLaMo options] [SFTConfig / TrainingArguments options]"
+)
 
 
-def write_model_card(output_dir: pathlib.Path, **info) -> None:
-    data = ModelCardData(
-        license=info["license"],
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["llamo", "chemistry", "molecules", "graph-neural-network", "trl", "sft"],
-        datasets=info["dataset_ids"] or None,
-        base_model=info["base_model"],
-    )
-    card = ModelCard.from_template(data, template_str=MODEL_CARD_TEMPLATE, **info)
-    card.save(output_dir / "README.md")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default."""
 
 
 def default_arguments(parser: TrlParser) -> None:
@@ -314,7 +272,9 @@ def default_arguments(parser: TrlParser) -> None:
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Run one stage from command-line arguments; `callbacks` go to the trainer. Returns the run's summary."""
-    parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
+    parser = TrlParser(
+        (LlamoModelArguments, LlamoDataArguments, SFTConfig), usage=USAGE, description=__doc__, formatter_class=HelpFormatter
+    )
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
     refuse_unsupported_engines(training_args)
@@ -362,6 +322,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     trainable = trainable_parameters(trainer.model)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
     result = trainer.train(resume_from_checkpoint=resume)
+    if eval_dataset is not None:  # the held-out loss of the final weights, for the summary and the model card
+        trainer.evaluate()
 
     output_dir = pathlib.Path(training_args.output_dir)
     # Gathered on every rank (ZeRO-3 / FSDP shards), written by rank 0 atomically and verified (llamo/saving.py).
@@ -389,50 +351,15 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if trainer.is_world_process_zero():
         trainer.create_model_card()
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        if not model_args.keep_checkpoints:  # the finished folder is the Hub repository: no optimizer states in it
+            for checkpoint in output_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
         print_summary(summary, skipped)
     if training_args.push_to_hub:
         if final_model is not None:  # rank 0: upload the saved (merged, whole) weights, not the adapter or shards
             trainer.model = trainer.model_wrapped = final_model
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
     return summary
-
-
-def card_info(model, model_args, data_args, training_args, summary, trainer) -> dict:
-    config = model.config
-    language_model = config.text_config._name_or_path or "tiny Llama (llamo/tiny.py)"
-    is_hub_id = bool(config.text_config._name_or_path) and not pathlib.Path(language_model).exists()
-    trained = {1: "GIN + projector" + (" + LLM input embeddings" if model_args.train_input_embeddings else ""), 2: "projector + LoRA"}
-    sources = [DataSource.parse(spec) for spec in data_args.datasets]
-    return {
-        "title": pathlib.Path(training_args.output_dir).name,
-        "repo": training_args.hub_model_id or str(training_args.output_dir),
-        "license": model_args.license,
-        "language_model": language_model,
-        "base_model": language_model if is_hub_id else None,
-        "dataset_ids": [s.path for s in sources if not pathlib.Path(s.path).exists()],
-        "projector": config.projector_type,
-        "graph_tokens": config.num_graph_tokens if config.num_graph_tokens is not None else "one-per-atom",
-        "stage": model_args.stage,
-        "stage_name": "graph-language alignment" if model_args.stage == 1 else "instruction tuning",
-        "trained": trained[model_args.stage] + f" (LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha})" * (model_args.stage == 2),
-        "adapter": model_args.stage == 2 and model_args.keep_adapter,
-        "adapter_base": model_args.init_from,
-        "data": ", ".join(s.name + (f" @{s.weight}" if s.weight else "") for s in sources),
-        "train_examples": summary["train_examples"],
-        "eval_examples": summary["eval_examples"],
-        "skipped_total": summary["skipped"]["total"],
-        "skipped": ", ".join(f"{n} {reason}" for reason, n in summary["skipped"]["by_reason"].items()),
-        "steps": summary["steps"],
-        "epochs": round(trainer.state.epoch or 0, 2),
-        "learning_rate": training_args.learning_rate,
-        "batch_size": training_args.per_device_train_batch_size,
-        "accumulation": training_args.gradient_accumulation_steps,
-        "world_size": training_args.world_size,
-        "train_loss": f"{summary['train_loss']:.4f}",
-        "seconds": summary["seconds"],
-        "hardware": "CPU" if training_args.use_cpu or not torch.cuda.is_available() else torch.cuda.get_device_name(),
-        "results": None,
-    }
 
 
 def print_summary(summary: dict, skipped: SkipReport) -> None:

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor, TextIteratorStreamer  # noqa: E402
 
+from llamo.cli import check_model_path  # noqa: E402
 from llamo.attention import (  # noqa: E402
     AtomAttention,
     available_panels,
@@ -404,7 +405,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default=None, help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
+    # underscores like transformers / TRL and the other LLaMo tools; the old spelling still works
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
     return parser.parse_args(argv)
 
 
@@ -413,6 +415,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.model is None and not DEFAULT_MODEL.is_dir():
         sys.exit(missing_default_model_message(DEFAULT_MODEL))
     name = args.model or str(DEFAULT_MODEL)
+    try:
+        name = check_model_path(name, "--model")
+    except ValueError as error:  # a mistyped local folder: said before any Hub call
+        sys.exit(f"Could not load a LLaMo model from {name!r}: {error}")
     try:
         model, processor = load_model(name)
     except OSError as error:  # not a folder, and not a Hub id that can be reached

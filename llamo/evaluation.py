@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from llamo.baselines import BASELINES
+from llamo.cli import check_device, check_model_path
 from llamo.data import conversation_with_molecules
 from llamo.examples import Example, examples_from_conversations, load_examples, question_kind  # noqa: F401  (re-exported)
 from llamo.metrics import METRIC_FAMILIES, SCORED_PER_QUESTION_KIND, exact_match, normalize, parse_number  # noqa: F401
@@ -284,8 +285,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=pathlib.Path, required=True)
+    parser.add_argument(
+        "--update_model_card", action="store_true", help="--model folder: add the results to its README.md (model-index + table)"
+    )
     args = parser.parse_args(argv)
 
+    try:  # before reading data or loading anything: a mistyped folder or a missing GPU is reported at once
+        if args.model is not None:
+            args.model = check_model_path(args.model, "--model")
+            args.device = check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
     task_metrics = parse_task_metrics(args.task_metrics)
     if args.baseline is not None:
@@ -304,6 +314,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (args.output_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps({"tasks": results["tasks"], "rows_skipped": skipped}, indent=2))
     print(f"\nSummary ({results['model']}, {results['examples']} examples):\n" + summary_table(results["tasks"]))
+    if args.update_model_card:
+        from llamo.model_card import add_evaluation_to_card
+
+        if args.model is None or not pathlib.Path(args.model).is_dir():
+            parser.error("--update_model_card needs --model to be a local folder")
+        add_evaluation_to_card(pathlib.Path(args.model), results, " + ".join(args.datasets))
     return results
 
 

@@ -197,3 +197,16 @@ def test_summary_table_has_one_row_per_task_and_headline_metric():
         "| property | 3 | mae | n/a |",
         "| property | 3 | unparsable_share | 1 |",
     ]
+
+
+def test_evaluation_results_go_into_the_card_metadata_and_a_table(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from llamo.model_card import add_evaluation_to_card
+
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# model\n")
+    results = {"examples": 7, "tasks": {"property": {"n": 7, "family": "property", "mae": 0.25, "parsed": 5, "unparsable_share": 2 / 7}}}
+    add_evaluation_to_card(tmp_path, results, "qm9.tsv")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("mae", 0.25), ("parsed", 5.0), ("unparsable_share", 2 / 7)]
+    assert card.data.license == "mit" and "| qm9.tsv (property) | mae | 0.25 |" in card.text

@@ -249,3 +249,37 @@ def test_push_to_hub_sends_the_merged_model_and_llamos_card(tmp_path, stage1_fol
     assert pushed["model"] == "LlamoForConditionalGeneration"  # merged, not the PEFT wrapper
     assert pushed["card"].data.library_name == "transformers"
     assert 'from_pretrained("someone/llamo-test", trust_remote_code=True)' in pushed["card"].text
+
+
+def test_model_card_has_results_limitations_citation_and_no_checkpoints(tmp_path, stage1_folder, facts_file):
+    from llamo.model_card import CITATION
+
+    train(["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--output_dir", str(tmp_path),
+           "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", "--eval_fraction", "0.3",
+           "--eval_strategy", "steps", "--eval_steps", "1", "--keep_adapter", *FAST])  # fmt: skip
+    assert not list(tmp_path.glob("checkpoint-*"))  # optimizer states are not part of the Hub-ready folder
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model is None  # a local base is no Hub base_model
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    final_loss = [entry["eval_loss"] for entry in summary["log_history"] if "eval_loss" in entry][-1]
+    (result,) = card.data.eval_results
+    assert result.metric_type == "loss" and result.metric_value == pytest.approx(final_loss)
+    assert "model-index" in (tmp_path / "README.md").read_text()
+    assert f"| {result.metric_value:.4g} |" in card.text
+    assert "Intended use and limitations" in card.text and "This is a tiny model" in card.text
+    assert CITATION in card.text and 'pipeline("molecule-text-to-text"' in card.text
+
+
+def test_card_base_model_is_the_hub_id_of_the_language_model():
+    from types import SimpleNamespace
+
+    from llamo.model_card import card_info
+
+    model, _ = build_tiny_llamo()
+    model.config.text_config._name_or_path = "meta-llama/Llama-2-7b-chat-hf"
+    args = SimpleNamespace(stage=1, keep_adapter=False, init_from=None, train_input_embeddings=False, lora_r=8, lora_alpha=32, license="mit")
+    training = SimpleNamespace(output_dir="out", hub_model_id=None, learning_rate=1e-3, per_device_train_batch_size=1,
+                               gradient_accumulation_steps=1, world_size=1, use_cpu=True)  # fmt: skip
+    summary = {"train_examples": 1, "eval_examples": 0, "skipped": {"total": 0, "by_reason": {}}, "steps": 1, "train_loss": 1.0, "seconds": 1}
+    info = card_info(model, args, SimpleNamespace(datasets=["x.jsonl"]), training, summary, SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    assert info["base_model"] == "meta-llama/Llama-2-7b-chat-hf" and info["results"] == []

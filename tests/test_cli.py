@@ -1,0 +1,65 @@
+"""Command-line tools: clear errors before any Hub call or device work, readable help, one flag style."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+from llamo.cli import check_device, check_model_path, looks_local
+
+
+def test_a_mistyped_local_folder_is_reported_as_such(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "llamo-tiny").mkdir(parents=True)
+    assert check_model_path("outputs/llamo-tiny", "--model") == "outputs/llamo-tiny"
+    for typo in ("outputs/llamo-tinny", "./llamo", str(tmp_path / "nope"), "a/b/c"):
+        with pytest.raises(ValueError, match="no such folder"):
+            check_model_path(typo, "--model")
+    assert check_model_path("meta-llama/Llama-2-7b-chat-hf", "--llm") == "meta-llama/Llama-2-7b-chat-hf"  # a Hub id
+    assert not looks_local("gpt2") and looks_local("outputs/llamo-tinny")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_is_refused_clearly():
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        check_device("cuda")
+    assert check_device(None) == "cpu" and check_device("cpu") == "cpu"
+
+
+def test_train_sft_reports_a_missing_init_folder_before_any_hub_call(tmp_path):
+    from train_sft import main as train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"smiles": "CCO", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n')
+    with pytest.raises(ValueError, match="--init_from .*no such folder"):
+        train(["--stage", "2", "--init_from", str(tmp_path / "stage1-typo"), "--datasets", str(data), "--output_dir", str(tmp_path / "o")])
+
+
+def test_train_sft_help_starts_with_a_description_and_llamo_flags():
+    result = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), "--help"], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("usage: train_sft.py") and len(lines[0]) < 130
+    assert "Train LLaMo with TRL's SFTTrainer" in result.stdout[:500]
+    options = lines.index("options:")
+    assert lines[options + 2].strip().startswith("--stage") and options < 40  # after -h, LLaMo's own flags
+
+
+def test_demo_and_eval_use_underscored_flags_and_accept_the_old_demo_spelling():
+    from llamo.demo import parse_args
+
+    assert parse_args(["--max_new_tokens", "7"]).max_new_tokens == 7
+    assert parse_args(["--max-new-tokens", "9"]).max_new_tokens == 9
+    help_text = subprocess.run([sys.executable, "-m", "llamo.evaluation", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--max_new_tokens" in help_text and "--max-new-tokens" not in help_text
+
+
+def test_eval_refuses_a_missing_model_folder_before_loading_data(tmp_path, capsys):
+    from llamo.evaluation import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "missing"), "--datasets", "nowhere.tsv", "--output_dir", str(tmp_path / "o")])
+    assert "no such folder" in capsys.readouterr().err
