@@ -389,17 +389,33 @@ class LlamoProcessor(ProcessorMixin):
             kwargs["processor_kwargs"] = processor_kwargs
         return super().apply_chat_template(rendered if batched else rendered[0], chat_template=chat_template, **kwargs)
 
+    def _check_message_text(self, text: str, index: int) -> None:
+        """Refuse special-token strings in message text: rendered into the prompt they would be read as the real
+        tokens, so `</s><s>[INST] ...` in a question could end the turn and forge another (template injection).
+        The `<graph>` placeholder is the one special token a message may hold."""
+        if not isinstance(text, str):
+            return
+        for token in self.tokenizer.all_special_tokens:
+            if token and token != self.graph_token and token in text:
+                raise ValueError(
+                    f"message {index} contains the special token {token!r}: message text cannot hold the tokenizer's "
+                    "special tokens (they would act as real ones and could forge conversation turns); remove or "
+                    "rewrite it"
+                )
+
     def _message_with_placeholders(self, message: Any, index: int, molecules: list[str], join_items: bool) -> dict:
         """The message with its molecule items replaced by `<graph>` text items (their SMILES go to `molecules`)."""
         if not isinstance(message, dict):
             raise TypeError(f"message {index}: chat messages are dicts, dataclasses or pydantic models, got {message!r}")
         content = message.get("content")
         if content is None or isinstance(content, str):
+            self._check_message_text(content, index)
             return message
         items = []
         for item in content:
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
+                self._check_message_text(item.get("text"), index)
                 items.append(item)
             elif kind == "molecule":
                 if not isinstance(item.get("smiles"), (str, Chem.Mol)):

@@ -85,7 +85,7 @@ def test_auto_model_loads_the_base_model(tiny_folder, tmp_path):
 @pytest.mark.parametrize("name", CODE_FILES)
 def test_transformers_import_check_accepts_each_code_file(name):
     assert check_imports(ROOT / name) is not None  # raises ImportError when it would refuse the file
-    stdlib = {"__future__", "collections", "contextlib", "dataclasses", "functools", "hashlib", "inspect", "typing", "warnings"}
+    stdlib = {"__future__", "collections", "contextlib", "dataclasses", "functools", "hashlib", "inspect", "threading", "typing", "warnings"}
     assert set(get_imports(ROOT / name)) <= stdlib | {"torch", "transformers", "numpy", "rdkit"}
 
 
