@@ -107,7 +107,7 @@ def setup(tmp_path_factory):
     stage2 = ["--stage", "2", "--init_from", str(stage1), "--datasets", str(data), *STEPS]
     train([*stage2, "--output_dir", str(root / "reference"), *ONE_PROCESS])
     moved, _ = max_difference(weights(stage1), weights(root / "reference"))
-    assert moved > 100 * ATOL  # the reference trained: equal to it means trained the same, not untouched
+    assert moved > 20 * ATOL  # the reference trained (0.05 here): equal to it means trained the same, not untouched
     return {"root": root, "data": data, "stage1": stage1, "stage2": stage2, "reference": root / "reference"}
 
 
