@@ -33,6 +33,8 @@ def readme_commands() -> list[list[str]]:
     commands = []
     for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
+            if "train_sft" not in line and "llamo-train" not in line:
+                continue  # other commands may quote across lines (a curl JSON body): not ours to parse
             segment = []
             for word in [*shlex.split(line, comments=True), "&&"]:
                 if word not in ("&&", ";", "||", "|"):
