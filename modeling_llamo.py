@@ -762,7 +762,7 @@ class LlamoModel(LlamoPreTrainedModel):
             "graph_node_features": graph_node_features, "graph_edge_index": graph_edge_index,
             "graph_edge_features": graph_edge_features, "graph_node_batch": graph_node_batch,
             "graph_motif_features": graph_motif_features, "graph_motif_batch": graph_motif_batch,
-        }, prefill=_is_prefill(kwargs.get("past_key_values")))  # fmt: skip
+        }, prefill=_is_prefill(cache if cache is not None else past_key_values))  # fmt: skip
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -934,13 +934,13 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         fed_ids = model_inputs.get("input_ids")
-        # A first iteration on a non-empty cache that feeds only a slot-free tail (an assistant's later drafting
-        # rounds): the slots, and so the graph vectors, are in the cache already. Checked only then (it syncs).
-        if (use_cache and not is_first_iteration) or (
-            cache is not None
-            and fed_ids is not None
-            and cache.get_seq_length() > 0
-            and not bool((fed_ids == self.config.graph_token_id).any())
+        # Once the cache holds tokens, the graph vectors are in it: later decoding steps, and a first iteration that
+        # feeds only a slot-free tail (an assistant's later drafting rounds), go without graph inputs. An empty cache
+        # means the slots are still to be fed (an assistant's first round runs with `is_first_iteration=False`).
+        cached = cache is not None and cache.get_seq_length() > 0
+        if cached and (
+            (use_cache and not is_first_iteration)
+            or (fed_ids is not None and not bool((fed_ids == self.config.graph_token_id).any()))
         ):
             for name in GRAPH_INPUT_NAMES:
                 model_inputs.pop(name, None)

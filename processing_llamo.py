@@ -39,7 +39,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}{%- set conversation = messages -%}"
     "{%- endif -%}"
     "{%- for message in conversation -%}"
-    "{%- if message['content'] is iterable and message['content'] is not string -%}"
+    "{%- if message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'molecule') | list -%}"
     "{{ raise_exception('LLaMo chat content must be text here: molecule items need LlamoProcessor.apply_chat_template, "
     "or pipeline(\\'molecule-text-to-text\\', model=..., trust_remote_code=True) instead of text-generation') }}"
     "{%- endif -%}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import inspect
 import io
 
@@ -485,6 +486,8 @@ def test_a_template_saved_by_an_earlier_release_still_gets_joined_string_content
         "{%- if not loop.first %} {% endif -%}{{ item['text'] }}{%- endfor -%}{%- endif -%}{%- endmacro -%}",
         "",
     ).replace("content_text(messages[0]['content'])", "messages[0]['content']").replace("content_text(message['content'])", "message['content']")
+    # ... and without the later check that refuses molecule items rendered by the tokenizer alone
+    legacy = re.sub(r"\{%- if message\['content'\] is not string and .*?\{%- endif -%\}", "", legacy, count=1)
     from processing_llamo import LEGACY_CHAT_TEMPLATE_SHA256
 
     assert hashlib.sha256(legacy.encode()).hexdigest() in LEGACY_CHAT_TEMPLATE_SHA256  # the template as released
