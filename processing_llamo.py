@@ -61,7 +61,6 @@ DEFAULT_CHAT_TEMPLATE = (
 # content only (`message['content'] | trim`): the processor joins content items into a string for them.
 LEGACY_CHAT_TEMPLATE_SHA256 = frozenset({"ad29bff63575105b696a380bc9d9509493f5bbb3a4fb6a9fc639d520e8557d79"})
 
-
 class LlamoProcessor(ProcessorMixin):
     r"""
     Turns prompts and SMILES into LLaMo's inputs.
@@ -360,14 +359,14 @@ class LlamoProcessor(ProcessorMixin):
         content is a string or a list of typed items. Each `{"type": "molecule", "smiles": ...}` item becomes, in
         place, the text item `{"type": "text", "text": "<graph>"}`, so any template written for typed content
         renders what the tokenizer would render for that text; when tokenizing, the SMILES are featurized.
-        Templates saved by earlier LLaMo releases read string content only: for them the items are joined with
-        spaces first, as those releases did."""
+        Templates that read string content only (those saved by earlier LLaMo releases, and most LLMs' own:
+        `reads_typed_content`) get the items joined with spaces first, as those releases did."""
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and (
             isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
         )
         conversations = conversation if batched else [conversation]
         template = chat_template if chat_template is not None else self.chat_template
-        join_items = isinstance(template, str) and hashlib.sha256(template.encode()).hexdigest() in LEGACY_CHAT_TEMPLATE_SHA256
+        join_items = isinstance(template, str) and not self._reads_typed_content(template)
         rendered, smiles = [], []
         for messages in conversations:
             molecules: list[str] = []
@@ -388,6 +387,28 @@ class LlamoProcessor(ProcessorMixin):
                 processor_kwargs.setdefault("padding_side", "left")
             kwargs["processor_kwargs"] = processor_kwargs
         return super().apply_chat_template(rendered if batched else rendered[0], chat_template=chat_template, **kwargs)
+
+    def _reads_typed_content(self, template: str) -> bool:
+        """Whether `template` renders content given as typed items (transformers' convention) rather than only
+        strings. Many LLMs' own templates read strings only (`'...' + message['content']`, or Qwen3's
+        `content if content is string else ''`), and LLaMo's releases did too: they get the items joined, or they
+        would drop the text silently. Decided once per template by rendering a probe conversation."""
+        cache = self.__dict__.setdefault("_typed_content_templates", {})
+        if template not in cache:
+            if hashlib.sha256(template.encode()).hexdigest() in LEGACY_CHAT_TEMPLATE_SHA256:
+                cache[template] = False
+            else:
+                probe = [
+                    {"role": "user", "content": [{"type": "text", "text": "llamo-probe-question"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "llamo-probe-answer"}]},
+                ]
+                try:
+                    text = self.tokenizer.apply_chat_template(probe, chat_template=template, tokenize=False)
+                except Exception:  # a template that fails on lists reads strings
+                    text = ""
+                # both texts rendered as text, not as the printed list (`[{'type': 'text', ...}]`)
+                cache[template] = "llamo-probe-question" in text and "llamo-probe-answer" in text and "'type'" not in text
+        return cache[template]
 
     def _check_message_text(self, text: str, index: int) -> None:
         """Refuse special-token strings in message text: rendered into the prompt they would be read as the real

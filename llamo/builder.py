@@ -198,17 +198,23 @@ def wrap_language_model(causal_lm: PreTrainedModel, config: LlamoConfig, seed: i
     return model.eval()
 
 
-def fidelity_token_batch(vocab_size: int, num_sequences: int = 3, length: int = 12) -> torch.LongTensor:
-    """A few fixed random token sequences of the LLM's own vocabulary."""
+def fidelity_token_batch(
+    vocab_size: int, num_sequences: int = 3, length: int = 12, graph_token_id: int | None = None
+) -> torch.LongTensor:
+    """A few fixed random token sequences of the LLM's own vocabulary, without the `<graph>` slot token (a slot
+    without a molecule is refused by LLaMo; a tokenizer may already hold `<graph>` inside its vocabulary)."""
     generator = torch.Generator().manual_seed(1234)
-    return torch.randint(0, vocab_size, (num_sequences, length), generator=generator)
+    ids = torch.randint(0, vocab_size, (num_sequences, length), generator=generator)
+    if graph_token_id is not None:
+        ids[ids == graph_token_id] = (graph_token_id + 1) % vocab_size
+    return ids
 
 
 @torch.no_grad()
 def check_text_logits(model: LlamoForConditionalGeneration, causal_lm: PreTrainedModel, vocab_size: int, name: str) -> float:
     """Text-only logits of `model` (no molecule) must equal the LLM's over its own vocabulary; returns the largest
     difference. Catches a head transform the wrapper does not reproduce (a scale, a soft-cap, a bias)."""
-    ids = fidelity_token_batch(vocab_size).to(causal_lm.get_input_embeddings().weight.device)
+    ids = fidelity_token_batch(vocab_size, graph_token_id=model.config.graph_token_id).to(causal_lm.get_input_embeddings().weight.device)
     expected = causal_lm(input_ids=ids, use_cache=False).logits.float()
     actual = model(input_ids=ids, use_cache=False).logits[..., :vocab_size].float()
     difference = (expected - actual).abs().max().item()

@@ -97,13 +97,18 @@ torch.save(results, out)
 """
 
 
+def graph_token_id(run: dict) -> int:
+    return json.loads((run["stage1"] / "config.json").read_text())["graph_token_id"]
+
+
 @pytest.fixture(scope="module")
 def fresh_logits(runs, workspace) -> dict:
     """Every family's stage-1 and stage-2 folders loaded in ONE new process through remote code (trust_remote_code)."""
     jobs = {}
     for name, run in runs.items():
         vocab = AutoModelForCausalLM.from_pretrained(run["llm"]).get_output_embeddings().out_features
-        jobs[name] = {"stage1": str(run["stage1"]), "stage2": str(run["stage2"]), "ids": fidelity_token_batch(vocab).tolist()}
+        ids = fidelity_token_batch(vocab, graph_token_id=graph_token_id(run))
+        jobs[name] = {"stage1": str(run["stage1"]), "stage2": str(run["stage2"]), "ids": ids.tolist()}
     out = workspace / "fresh.pt"
     code = FRESH_LOAD.replace("sys.argv[1]", repr(json.dumps(jobs))).replace("sys.argv[2]", repr(str(out)))
     run_fresh(code, workspace)
@@ -166,7 +171,7 @@ def test_both_stages_train_with_the_default_lora_targets(name, runs):
 def test_fresh_process_remote_code_load_equals_the_source_llm(name, runs, fresh_logits):
     source = AutoModelForCausalLM.from_pretrained(runs[name]["llm"]).eval()
     vocab = source.get_output_embeddings().out_features
-    ids = fidelity_token_batch(vocab)
+    ids = fidelity_token_batch(vocab, graph_token_id=graph_token_id(runs[name]))
     assert fresh_logits[(name, "stage1", "class")].startswith("transformers_modules.")  # the saved code, not the repo's
     with torch.no_grad():
         expected = source(input_ids=ids).logits
