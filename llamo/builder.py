@@ -11,12 +11,14 @@ through a state dict: every key must land, and only the graph encoder and projec
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Literal
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
@@ -77,7 +79,13 @@ def build_llamo(
     if any(problems.values()):
         raise FidelityError(f"{llm}: its own causal-LM class does not load its checkpoint cleanly: {problems}")
     causal_lm.eval()
-    check_attends_causally(causal_lm, llm)
+    # Under DeepSpeed ZeRO-3 (`zero.Init`) the parameters are partitioned across ranks: a forward outside the engine
+    # cannot run, so the logit checks are left to a build without DeepSpeed; the key-by-key checks still run.
+    partitioned = is_deepspeed_zero3_enabled()
+    if partitioned:
+        logger.warning("building under DeepSpeed ZeRO-3: the causal-attention and logit checks are skipped")
+    else:
+        check_attends_causally(causal_lm, llm)
 
     tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm)
     add_llamo_tokens(tokenizer)
@@ -93,7 +101,8 @@ def build_llamo(
             f"{llm}: LlamoConfig.text_embedding_size is {config.text_embedding_size} but the LLM's input embeddings are "
             f"{embedding_width} wide; graph vectors must have the embeddings' width"
         )
-    model = wrap_language_model(causal_lm, config, seed)
+    with gathered_parameters(causal_lm, partitioned):  # whole tensors while LLaMo loads them (and partitions again)
+        model = wrap_language_model(causal_lm, config, seed)
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
 
@@ -104,7 +113,7 @@ def build_llamo(
     model.config.text_config.vocab_size = model.get_input_embeddings().weight.shape[0]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
-    if check_fidelity:
+    if check_fidelity and not partitioned:
         check_text_logits(model, causal_lm, original_vocab, llm)
     del causal_lm
 
@@ -130,6 +139,15 @@ def build_llamo_from_config(
     template, _ = choose_chat_template(tokenizer, chat_template)
     processor = LlamoProcessor(tokenizer=tokenizer, chat_template=template, num_graph_tokens=config.num_graph_tokens)
     return model, processor
+
+
+def gathered_parameters(model: nn.Module, partitioned: bool):
+    """DeepSpeed's gather of every parameter of `model` (ZeRO-3), or nothing to do."""
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 def check_causal_lm_config(config, name: str) -> None:

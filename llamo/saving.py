@@ -202,13 +202,21 @@ def save_final_model(trained: nn.Module, output_dir: str | os.PathLike, merge: b
     rank 0 (whole, on the CPU, e.g. for `push_to_hub`) and None elsewhere. Raises `SavedModelError` when what was
     written is not the model.
     """
+    from peft import PeftModel
+
     engine = engine_of(trained)
-    state = full_state_dict(trained)
-    if not is_main_process():
-        return None
-    print(f"final model: gathered from {engine} parameters ({PARAMETER_KINDS[engine]})", flush=True)
-    model = rebuild_model(trained, state)
-    del state
+    if engine == "local":  # whole on every rank (one process, DDP): nothing to gather, quantized layers kept as they are
+        if not is_main_process():
+            return None
+        model = trained.eval()
+        (model.get_base_model() if isinstance(model, PeftModel) else model)._weight_conversions = []
+    else:
+        state = full_state_dict(trained)
+        if not is_main_process():
+            return None
+        print(f"final model: gathered from {engine} parameters ({PARAMETER_KINDS[engine]})", flush=True)
+        model = rebuild_model(trained, state)
+        del state
     if merge:
         model = model.merge_and_unload()
     output_dir = pathlib.Path(output_dir)
@@ -218,8 +226,6 @@ def save_final_model(trained: nn.Module, output_dir: str | os.PathLike, merge: b
     model.save_pretrained(staging)
     if processor is not None:
         processor.save_pretrained(staging)
-    from peft import PeftModel
-
     expected, may_be_absent = expected_shapes(model, adapter=isinstance(model, PeftModel))
     verify_saved_weights(staging, expected, may_be_absent)
     publish(staging, output_dir)

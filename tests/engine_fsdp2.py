@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from llamo.data import DataSource, LlamoDataCollator, encode_dataset, load_mixture  # noqa: E402
 from llamo.saving import engine_of, save_final_model  # noqa: E402

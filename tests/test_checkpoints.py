@@ -95,7 +95,7 @@ def test_training_resumes_from_the_last_complete_checkpoint_bit_exactly(tmp_path
     argv = ["--stage", "1", "--datasets", facts_file, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
             "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_train_samples", "24"]  # fmt: skip
     straight = tmp_path / "straight"
-    train([*argv, "--output_dir", str(straight)])
+    train([*argv, "--output_dir", str(straight), "--keep_checkpoints", "true"])
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")

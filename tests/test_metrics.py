@@ -213,7 +213,7 @@ def test_parse_number_reads_the_sole_or_final_number_only(answer, value):
 def test_random_text_does_not_count_as_parsed():
     # the first-number rule scored 3 of these 3 gibberish answers as "parsed"
     scores = regression_metrics(["c1ccc2 ring 4 of 5 the", "CC1=CC(N)C1 the", "[NH3+]C(C)2 is is"], ["0.1", "0.2", "0.3"])
-    assert scores == {"mae": None, "parsed": 0, "unparsable": 3, "unparsable_share": 1.0}
+    assert scores == {"mae": None, "parsed": 0, "unparsable": 3, "unparsable_share": 1.0, "invalid_references": 0}
 
 
 def test_wordnet_copy_repairs_a_partial_target_and_leaves_no_staging_folder(tmp_path, monkeypatch):
