@@ -34,6 +34,12 @@ PROJECTOR_TYPES = (
     "none",  # no graph at all: the language model reads the SMILES text only
 )
 
+# projector_attention -> how the multi-level projector's learned queries attend the atoms
+PROJECTOR_ATTENTIONS = (
+    "released",  # LLaMo's code: plain cross-attention over the raw level states (exact for converted weights)
+    "normed",  # each level LayerNormed first, queries scaled by a learned per-level factor (not collapsing)
+)
+
 
 class LlamoConfig(PreTrainedConfig):
     r"""
@@ -63,6 +69,14 @@ class LlamoConfig(PreTrainedConfig):
         share_level_cross_attention (`bool`, defaults to `True`): one cross-attention shared by all levels
             (released code) instead of one per level (paper).
         query_init_std (`float`, defaults to 1.0): std of the learned queries at init (`torch.randn` originally).
+        projector_attention (`str`, defaults to `"released"`): how the multi-level projector's queries meet the atoms.
+            `"released"` is LLaMo's computation (needed for converted weights). `"normed"` LayerNorms each level's
+            atom states before the cross-attention and multiplies the queries by a learned per-level scale (initialized
+            to sqrt(head dim)): the released keys are tiny (atom embeddings at std ~0.05, GIN levels at different
+            scales), so its attention stays uniform and every query returns the same mean-pooled token.
+        graph_size_token (`bool`, defaults to `False`): the multi-level projectors add one token made from the sum
+            (not the mean) of the layer-normed last-level atom states, so the language model can see molecule size,
+            which mean-like attention pooling and the per-token LayerNorm remove.
         graph_token_id (`int`, defaults to 32000): id of the `<graph>` slot token in the tokenizer.
         initializer_range (`float`, defaults to 0.02): std of the other weights at init.
     """
@@ -86,6 +100,8 @@ class LlamoConfig(PreTrainedConfig):
     motif_tokens_first: bool = True
     share_level_cross_attention: bool = True
     query_init_std: float = 1.0
+    projector_attention: str = "released"
+    graph_size_token: bool = False
     graph_token_id: int = 32000
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
@@ -107,6 +123,10 @@ class LlamoConfig(PreTrainedConfig):
     def _check_values(self) -> None:
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.projector_attention not in PROJECTOR_ATTENTIONS:
+            raise ValueError(f"projector_attention must be one of {PROJECTOR_ATTENTIONS}, got {self.projector_attention!r}")
+        if self.graph_size_token and self.projector_type not in ("multilevel", "multilevel_no_motif"):
+            raise ValueError(f"graph_size_token is an option of the multilevel projectors, not of {self.projector_type!r}")
         if self.gnn_num_layers < 1 or self.gnn_hidden_size < 1:
             raise ValueError(
                 f"gnn_num_layers and gnn_hidden_size must be positive, got {self.gnn_num_layers} and {self.gnn_hidden_size}"
@@ -140,7 +160,7 @@ class LlamoConfig(PreTrainedConfig):
             return 0
         if self.projector_type.startswith("mlp_"):
             return None
-        level_tokens = self.num_query_tokens_per_level * self.num_graph_levels
+        level_tokens = self.num_query_tokens_per_level * self.num_graph_levels + int(self.graph_size_token)
         if self.projector_type == "multilevel_no_motif":
             return level_tokens
         return level_tokens + self.num_motif_query_tokens  # multilevel, and resampler with the same count
@@ -148,4 +168,4 @@ class LlamoConfig(PreTrainedConfig):
 
 LlamoConfig.register_for_auto_class()
 
-__all__ = ["LlamoConfig", "GRAPH_INPUT_NAMES", "PROJECTOR_TYPES"]
+__all__ = ["LlamoConfig", "GRAPH_INPUT_NAMES", "PROJECTOR_ATTENTIONS", "PROJECTOR_TYPES"]

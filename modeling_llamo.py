@@ -8,6 +8,7 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -188,6 +189,12 @@ class LlamoMultiLevelProjector(nn.Module):
             self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
         self.use_motifs = use_motifs
         self.head = LlamoGraphTokenHead(hidden, config)
+        # `projector_attention="normed"`: unit-scale keys per level and sharper queries (see LlamoConfig).
+        self.normed = config.projector_attention == "normed"
+        if self.normed:
+            self.level_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(self.num_levels))
+            self.query_log_scale = nn.Parameter(torch.empty(self.num_levels, 1, 1))
+        self.size_head = nn.Linear(hidden, config.text_config.hidden_size) if config.graph_size_token else None
 
     def forward(
         self,
@@ -202,6 +209,9 @@ class LlamoMultiLevelProjector(nn.Module):
         dense, atom_mask = to_dense_batch(torch.cat(levels, dim=-1), node_batch, batch_size=num_molecules)
         dense = dense.unflatten(-1, (self.num_levels, -1)).permute(2, 0, 1, 3)
         queries = self.level_queries[:, None].expand(-1, num_molecules, -1, -1)
+        if self.normed:
+            dense = torch.stack([norm(level) for norm, level in zip(self.level_norms, dense)])
+            queries = queries * self.query_log_scale.exp()[:, None]
 
         if len(self.level_attentions) == 1:  # shared attention: every level in a single batched call
             tokens, weights = attend_to_sets(
@@ -229,12 +239,20 @@ class LlamoMultiLevelProjector(nn.Module):
             parts = (motif_tokens, level_tokens) if self.motif_tokens_first else (level_tokens, motif_tokens)
             level_tokens = torch.cat(parts, dim=1)
         graph_tokens = self.head(level_tokens)
+        if self.size_head is not None:
+            graph_tokens = torch.cat([graph_tokens, self._size_token(levels[-1], node_batch, num_molecules)], dim=1)
         return LlamoGraphOutput(
             graph_features=graph_tokens.flatten(0, 1),
             node_states=levels,
             level_attentions=level_weights,
             motif_attentions=motif_weights,
         )
+
+    def _size_token(self, last_level: torch.Tensor, node_batch: torch.LongTensor, num_molecules: int) -> torch.Tensor:
+        """[B, 1, LLM width]: the sum of the layer-normed atom states, whose norm grows with the molecule."""
+        normed = F.layer_norm(last_level.float(), last_level.shape[-1:])
+        summed = normed.new_zeros(num_molecules, normed.shape[-1]).index_add_(0, node_batch, normed)
+        return self.size_head(summed.to(self.size_head.weight.dtype))[:, None]
 
     def _motif_tokens(
         self, motif_features: torch.Tensor | None, motif_batch: torch.LongTensor | None, num_molecules: int, output_attentions: bool
@@ -354,6 +372,9 @@ class LlamoPreTrainedModel(PreTrainedModel):
         std = self.config.query_init_std
         if isinstance(module, LlamoMultiLevelProjector):
             init.normal_(module.level_queries, mean=0.0, std=std)
+            if module.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
+                head_dim = self.config.gnn_hidden_size // self.config.projector_num_heads
+                init.constant_(module.query_log_scale, 0.5 * math.log(head_dim))
             if module.use_motifs:
                 init.normal_(module.motif_queries, mean=0.0, std=std)
         elif isinstance(module, LlamoResamplerProjector):
