@@ -2,19 +2,82 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
-# Model inputs describing the molecules of a batch, as `LlamoProcessor` returns them (flat, PyG-style).
-GRAPH_INPUT_NAMES = (
-    "graph_node_features",  # [num_atoms, 9] OGB atom features
-    "graph_edge_index",  # [2, num_edges] directed bonds, indices into the atoms
-    "graph_edge_features",  # [num_edges, 3] OGB bond features
-    "graph_node_batch",  # [num_atoms] molecule of each atom
-    "graph_motif_features",  # [num_motifs, 73] functional-group descriptors
-    "graph_motif_batch",  # [num_motifs] molecule of each motif
+# Column vocabularies of the OGB molecule schema (= ogb.utils.features.get_{atom,bond}_feature_dims()) and the size
+# of a functional-group descriptor: what `featurization_llamo` produces and the defaults of `LlamoConfig`.
+ATOM_FEATURE_VOCAB_SIZES = (119, 5, 12, 12, 10, 6, 6, 2, 2)  # atomic number, chirality, degree, charge, #H, radicals, hybridization, aromatic, ring
+BOND_FEATURE_VOCAB_SIZES = (5, 6, 2)  # bond type, stereo, conjugated
+MOTIF_FEATURE_SIZE = 73
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One tensor of the graph inputs: the schema that the featurizer, the processor, the training collator and the
+    model all derive their names, dtypes, shapes and batching from.
+
+    Args:
+        name: keyword of the tensor in `LlamoProcessor`'s output and the model's forward.
+        dtype: `"int64"` or `"float32"` (a name numpy, torch and `datasets` all understand).
+        element: `"node"`, `"edge"` or `"motif"`: the set the tensor runs over (one row per atom / directed bond /
+            functional group; the columns of `edge_index`).
+        kind: `"features"` (`[count, width]`), `"edge_index"` (`[2, num_edges]`, indices into the nodes) or `"batch"`
+            (`[count]`, the molecule of each element).
+        width: for `"features"`, the `LlamoConfig` field that sets the number of columns (its length for a list of
+            vocabulary sizes).
+    """
+
+    name: str
+    dtype: str
+    element: str
+    kind: str
+    width: str | None = None
+
+    def num_columns(self, config: PreTrainedConfig | None = None) -> int | None:
+        """Columns of a `"features"` tensor under `config` (the OGB defaults without one); None for the others."""
+        if self.width is None:
+            return None
+        value = getattr(config, self.width) if config is not None else _SCHEMA_DEFAULTS[self.width]
+        return value if isinstance(value, int) else len(value)
+
+    def shape(self, config: PreTrainedConfig | None = None) -> tuple[int, ...]:
+        """Shape with -1 for the element count: `(-1, width)`, `(2, -1)` or `(-1,)` (what `reshape` takes)."""
+        if self.kind == "features":
+            return (-1, self.num_columns(config))
+        return (2, -1) if self.kind == "edge_index" else (-1,)
+
+
+_SCHEMA_DEFAULTS = {
+    "atom_feature_vocab_sizes": ATOM_FEATURE_VOCAB_SIZES,
+    "bond_feature_vocab_sizes": BOND_FEATURE_VOCAB_SIZES,
+    "motif_feature_size": MOTIF_FEATURE_SIZE,
+}
+
+# Model inputs describing the molecules of a batch, as `LlamoProcessor` returns them (flat, PyG-style: a disjoint
+# union of the molecules, kept molecule by molecule).
+GRAPH_INPUTS = (
+    GraphInput("graph_node_features", "int64", "node", "features", "atom_feature_vocab_sizes"),  # OGB atom features
+    GraphInput("graph_edge_index", "int64", "edge", "edge_index"),  # directed bonds (both directions)
+    GraphInput("graph_edge_features", "int64", "edge", "features", "bond_feature_vocab_sizes"),  # OGB bond features
+    GraphInput("graph_node_batch", "int64", "node", "batch"),
+    GraphInput("graph_motif_features", "float32", "motif", "features", "motif_feature_size"),  # functional groups
+    GraphInput("graph_motif_batch", "int64", "motif", "batch"),
 )
+GRAPH_INPUT_NAMES = tuple(spec.name for spec in GRAPH_INPUTS)
+# The inputs only the motif-reading projectors need (may be absent otherwise).
+MOTIF_INPUT_NAMES = tuple(spec.name for spec in GRAPH_INPUTS if spec.element == "motif")
+
+
+def num_molecules(graph_node_batch) -> int:
+    """Molecules in a batch of graph inputs, from `graph_node_batch` (a tensor, array or list, grouped molecule by
+    molecule: every molecule has at least one atom, so the last atom belongs to the last molecule)."""
+    return int(graph_node_batch[-1]) + 1 if len(graph_node_batch) else 0
+
 
 # Every saved LLaMo config maps the auto classes to the code files saved next to it (whichever class saved it).
 AUTO_MAP = {
@@ -23,16 +86,55 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_llamo.LlamoForConditionalGeneration",
 }
 
-# projector_type -> what the graph tokens are made of (paper, Table 4)
-PROJECTOR_TYPES = (
-    "multilevel",  # MGProj: learned queries per GNN level + motif queries, cross-attention (the paper's model)
-    "multilevel_no_motif",  # MGProj without the functional-group tokens
-    "mlp_low",  # one token per atom: MLP on the lowest level (atom embeddings before message passing)
-    "mlp_high",  # one token per atom: MLP on the last GNN layer
-    "mlp_concat",  # one token per atom: MLP on all levels concatenated
-    "resampler",  # learned queries cross-attending the last GNN layer, as many tokens as `multilevel`
-    "none",  # no graph at all: the language model reads the SMILES text only
-)
+@dataclass(frozen=True)
+class ProjectorSpec:
+    """What a `projector_type` means outside the model code: how many graph-token slots the processor writes per
+    molecule, which graph inputs it reads, whether it has attention maps to draw. `modeling_llamo.PROJECTORS` maps
+    the same names to the modules that implement them (the configuration must load without the model's imports).
+
+    Args:
+        description: what the graph tokens are made of (paper, Table 4).
+        graph_tokens: tokens per molecule as a function of the config; `None`: one token per atom.
+        uses_graph: `False` for the text-only model (no graph encoder, no projector).
+        uses_motifs: reads the functional-group inputs (`graph_motif_*`).
+        attention_levels: `"all"` (one cross-attention map per GNN level), `"last"` (one map, over the last GNN
+            layer) or `None` (no cross-attention).
+    """
+
+    description: str
+    graph_tokens: Callable[[PreTrainedConfig], int] | None
+    uses_graph: bool = True
+    uses_motifs: bool = False
+    attention_levels: str | None = None
+
+
+def _level_query_tokens(config: PreTrainedConfig) -> int:
+    return config.num_query_tokens_per_level * config.num_graph_levels
+
+
+def _level_and_motif_query_tokens(config: PreTrainedConfig) -> int:
+    return _level_query_tokens(config) + config.num_motif_query_tokens
+
+
+# projector_type -> its spec; the first is the paper's model.
+PROJECTOR_SPECS = {
+    "multilevel": ProjectorSpec(
+        "MGProj: learned queries per GNN level + motif queries, cross-attention (the paper's model)",
+        _level_and_motif_query_tokens, uses_motifs=True, attention_levels="all",
+    ),
+    "multilevel_no_motif": ProjectorSpec(
+        "MGProj without the functional-group tokens", _level_query_tokens, attention_levels="all"
+    ),
+    "mlp_low": ProjectorSpec("one token per atom: MLP on the lowest level (atom embeddings before message passing)", None),
+    "mlp_high": ProjectorSpec("one token per atom: MLP on the last GNN layer", None),
+    "mlp_concat": ProjectorSpec("one token per atom: MLP on all levels concatenated", None),
+    "resampler": ProjectorSpec(
+        "learned queries cross-attending the last GNN layer, as many tokens as `multilevel`",
+        _level_and_motif_query_tokens, attention_levels="last",
+    ),
+    "none": ProjectorSpec("no graph at all: the language model reads the SMILES text only", lambda config: 0, uses_graph=False),
+}  # fmt: skip
+PROJECTOR_TYPES = tuple(PROJECTOR_SPECS)
 
 # projector_attention -> how the multi-level projector's learned queries attend the atoms
 PROJECTOR_ATTENTIONS = (
@@ -56,7 +158,7 @@ class LlamoConfig(PreTrainedConfig):
         gnn_hidden_size (`int`, defaults to 300): width of the GIN and of the projector's attention.
         gnn_dropout (`float`, defaults to 0.0): dropout after each GIN layer.
         atom_feature_vocab_sizes / bond_feature_vocab_sizes (`list[int]`): sizes of the OGB categorical
-            atom (9) and bond (3) feature columns.
+            atom and bond feature columns (defaults: `ATOM_FEATURE_VOCAB_SIZES`, `BOND_FEATURE_VOCAB_SIZES`).
         projector_type (`str`, defaults to `"multilevel"`): one of `PROJECTOR_TYPES`.
         num_query_tokens_per_level (`int`, defaults to 4): learned queries per GNN level.
         num_motif_query_tokens (`int`, defaults to 4): learned queries over the functional-group motifs.
@@ -88,13 +190,13 @@ class LlamoConfig(PreTrainedConfig):
     gnn_num_layers: int = 5
     gnn_hidden_size: int = 300
     gnn_dropout: float = 0.0
-    atom_feature_vocab_sizes: list[int] | tuple[int, ...] = (119, 5, 12, 12, 10, 6, 6, 2, 2)
-    bond_feature_vocab_sizes: list[int] | tuple[int, ...] = (5, 6, 2)
+    atom_feature_vocab_sizes: list[int] | tuple[int, ...] = ATOM_FEATURE_VOCAB_SIZES
+    bond_feature_vocab_sizes: list[int] | tuple[int, ...] = BOND_FEATURE_VOCAB_SIZES
     projector_type: str = "multilevel"
     num_query_tokens_per_level: int = 4
     num_motif_query_tokens: int = 4
     projector_num_heads: int = 4
-    motif_feature_size: int = 73
+    motif_feature_size: int = MOTIF_FEATURE_SIZE
     projector_mlp_depth: int = 6
     projector_hidden_act: str = "silu"
     motif_tokens_first: bool = True
@@ -121,11 +223,11 @@ class LlamoConfig(PreTrainedConfig):
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def _check_values(self) -> None:
-        if self.projector_type not in PROJECTOR_TYPES:
-            raise ValueError(f"projector_type must be one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.projector_type not in PROJECTOR_SPECS:
+            raise ValueError(f"projector_type must be one of {tuple(PROJECTOR_SPECS)}, got {self.projector_type!r}")
         if self.projector_attention not in PROJECTOR_ATTENTIONS:
             raise ValueError(f"projector_attention must be one of {PROJECTOR_ATTENTIONS}, got {self.projector_attention!r}")
-        if self.graph_size_token and self.projector_type not in ("multilevel", "multilevel_no_motif"):
+        if self.graph_size_token and self.projector_spec.attention_levels != "all":
             raise ValueError(f"graph_size_token is an option of the multilevel projectors, not of {self.projector_type!r}")
         if self.gnn_num_layers < 1 or self.gnn_hidden_size < 1:
             raise ValueError(
@@ -137,10 +239,12 @@ class LlamoConfig(PreTrainedConfig):
             )
         if self.projector_mlp_depth < 1:
             raise ValueError(f"projector_mlp_depth must be at least 1, got {self.projector_mlp_depth}")
-        if len(self.atom_feature_vocab_sizes) != 9 or len(self.bond_feature_vocab_sizes) != 3:
+        if len(self.atom_feature_vocab_sizes) != len(ATOM_FEATURE_VOCAB_SIZES) or len(self.bond_feature_vocab_sizes) != len(
+            BOND_FEATURE_VOCAB_SIZES
+        ):
             raise ValueError(
-                "the OGB schema has 9 atom and 3 bond feature columns, got "
-                f"{len(self.atom_feature_vocab_sizes)} and {len(self.bond_feature_vocab_sizes)} vocabulary sizes"
+                f"the featurizer writes {len(ATOM_FEATURE_VOCAB_SIZES)} atom and {len(BOND_FEATURE_VOCAB_SIZES)} bond feature "
+                f"columns, got {len(self.atom_feature_vocab_sizes)} and {len(self.bond_feature_vocab_sizes)} vocabulary sizes"
             )
 
     @property
@@ -149,23 +253,29 @@ class LlamoConfig(PreTrainedConfig):
         return self.gnn_num_layers + 1
 
     @property
+    def projector_spec(self) -> ProjectorSpec:
+        """What this `projector_type` gives (`PROJECTOR_SPECS`)."""
+        return PROJECTOR_SPECS[self.projector_type]
+
+    @property
+    def uses_graph(self) -> bool:
+        return self.projector_spec.uses_graph
+
+    @property
     def uses_motifs(self) -> bool:
-        return self.projector_type == "multilevel"
+        return self.projector_spec.uses_motifs
 
     @property
     def num_graph_tokens(self) -> int | None:
         """Graph-token slots per molecule: fixed for the query-based projectors (28 with the defaults), 0 for
         `none`, and `None` for the per-atom MLP projectors, which give one token per atom."""
-        if self.projector_type == "none":
-            return 0
-        if self.projector_type.startswith("mlp_"):
-            return None
-        level_tokens = self.num_query_tokens_per_level * self.num_graph_levels + int(self.graph_size_token)
-        if self.projector_type == "multilevel_no_motif":
-            return level_tokens
-        return level_tokens + self.num_motif_query_tokens  # multilevel, and resampler with the same count
+        count = self.projector_spec.graph_tokens
+        return None if count is None else count(self) + int(self.graph_size_token)
 
 
 LlamoConfig.register_for_auto_class()
 
-__all__ = ["LlamoConfig", "GRAPH_INPUT_NAMES", "PROJECTOR_ATTENTIONS", "PROJECTOR_TYPES"]
+__all__ = [
+    "LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_ATTENTIONS", "PROJECTOR_SPECS",
+    "PROJECTOR_TYPES", "ProjectorSpec", "num_molecules",
+]  # fmt: skip

@@ -13,18 +13,31 @@ model's forward only ever sees the integer / float tensors produced here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from rdkit import Chem, rdBase
 
 
-# Vocabulary sizes of the 9 atom and 3 bond columns (= ogb.utils.features.get_{atom,bond}_feature_dims()).
-ATOM_FEATURE_VOCAB_SIZES = (119, 5, 12, 12, 10, 6, 6, 2, 2)
-BOND_FEATURE_VOCAB_SIZES = (5, 6, 2)
-MOTIF_FEATURE_SIZE = 73
+try:  # loaded as remote code (a package next to the weights)
+    from .configuration_llamo import (
+        ATOM_FEATURE_VOCAB_SIZES,
+        BOND_FEATURE_VOCAB_SIZES,
+        GRAPH_INPUTS,
+        MOTIF_FEATURE_SIZE,
+        num_molecules,
+    )
+except ImportError:  # imported as a plain module from the repository root
+    from configuration_llamo import (
+        ATOM_FEATURE_VOCAB_SIZES,
+        BOND_FEATURE_VOCAB_SIZES,
+        GRAPH_INPUTS,
+        MOTIF_FEATURE_SIZE,
+        num_molecules,
+    )
 
 _CHIRALITY_INDEX = {
     Chem.ChiralType.CHI_UNSPECIFIED: 0,
@@ -70,11 +83,20 @@ MARKER_SMARTS = ("[!#6]", "*=,#*", "[CX4]([O,N,S])[O,N,S]")
 class MoleculeGraph:
     """One featurized molecule. Atom indices are RDKit's, i.e. the order of atoms in the parsed SMILES."""
 
-    node_features: np.ndarray  # [num_atoms, 9] int64, OGB atom schema
+    node_features: np.ndarray  # [num_atoms, len(ATOM_FEATURE_VOCAB_SIZES)] int64, OGB atom schema
     edge_index: np.ndarray  # [2, 2 * num_bonds] int64, both directions
-    edge_features: np.ndarray  # [2 * num_bonds, 3] int64, OGB bond schema
-    motif_features: np.ndarray  # [num_motifs, 73] float32
+    edge_features: np.ndarray  # [2 * num_bonds, len(BOND_FEATURE_VOCAB_SIZES)] int64, OGB bond schema
+    motif_features: np.ndarray  # [num_motifs, MOTIF_FEATURE_SIZE] float32
     motif_atoms: tuple[tuple[int, ...], ...]  # atom indices of each motif, aligned with motif_features
+
+    def graph_inputs(self) -> dict[str, np.ndarray]:
+        """This molecule alone as graph inputs (`GRAPH_INPUTS`, molecule id 0), the parts `join_graph_inputs` joins."""
+        counts = {"node": self.num_atoms, "edge": self.edge_index.shape[1], "motif": self.num_motifs}
+        # `graph_<field>` is this class's `<field>`; the batch vectors are all zeros here.
+        return {
+            spec.name: np.zeros(counts[spec.element], dtype=np.int64) if spec.kind == "batch" else getattr(self, spec.name[len("graph_") :])
+            for spec in GRAPH_INPUTS
+        }
 
     @property
     def num_atoms(self) -> int:
@@ -284,7 +306,7 @@ def _marker_list(tables: MoleculeTables) -> list[bool]:
     begin, end, bond_types = tables.bonds[:3].tolist()
     marked = [number != 6 for number in numbers]  # [!#6]
     for first, second, bond_type in zip(begin, end, bond_types):
-        if bond_type == _DOUBLE or bond_type == _TRIPLE:  # *=,#*
+        if bond_type in (_DOUBLE, _TRIPLE):  # *=,#*
             marked[first] = marked[second] = True
     # [CX4]([O,N,S])[O,N,S]: an aliphatic carbon of total degree 4 with two aliphatic O / N / S neighbours joined by
     # SMARTS' default bond (single or aromatic)
@@ -295,7 +317,7 @@ def _marker_list(tables: MoleculeTables) -> list[bool]:
     }
     if carbons:
         for first, second, bond_type in zip(begin, end, bond_types):
-            if bond_type == _SINGLE or bond_type == _AROMATIC:
+            if bond_type in (_SINGLE, _AROMATIC):
                 for carbon, neighbour in ((first, second), (second, first)):
                     if carbon in carbons and numbers[neighbour] in (7, 8, 16) and not aromatic[neighbour]:
                         carbons[carbon] += 1
@@ -451,26 +473,37 @@ featurize_smiles.cache_info = _featurize_smiles_cached.cache_info
 
 
 def collate_molecule_graphs(graphs: Sequence[MoleculeGraph]) -> dict[str, torch.Tensor]:
-    """Flatten molecules into the model's graph inputs (PyG-style disjoint union, no PyG objects):
+    """Flatten molecules into the model's graph inputs (`GRAPH_INPUTS`; a PyG-style disjoint union, no PyG objects):
+    node, edge and motif rows molecule by molecule, edge indices into all the nodes, the molecule of each node and
+    motif. Molecules keep their order."""
+    return join_graph_inputs([graph.graph_inputs() for graph in graphs])
 
-    `graph_node_features` [N, 9], `graph_edge_index` [2, E] (indices into the N nodes), `graph_edge_features`
-    [E, 3], `graph_node_batch` [N] (molecule of each node), `graph_motif_features` [M, 73] and
-    `graph_motif_batch` [M] (molecule of each motif). Molecules keep their order.
+
+def join_graph_inputs(parts: Sequence[Mapping[str, Any]], config=None) -> dict[str, torch.Tensor]:
+    """The one batching function of LLaMo's graph inputs: concatenate `parts` (each a mapping with the `GRAPH_INPUTS`
+    of one or more molecules, as arrays, tensors or nested lists) into one batch, in order.
+
+    Every tensor is laid out by its `GraphInput` entry (dtype, `[count, width]` / `[2, count]` / `[count]`, width from
+    `config` or the OGB defaults, so empty parts keep their shape); edge indices are shifted by the nodes and molecule
+    ids by the molecules of the parts before them. Used by `LlamoProcessor` (one part per molecule) and by the training
+    collator (one part per encoded conversation).
     """
-    num_atoms = np.fromiter((graph.num_atoms for graph in graphs), dtype=np.int64, count=len(graphs))
-    num_motifs = np.fromiter((graph.num_motifs for graph in graphs), dtype=np.int64, count=len(graphs))
-    node_offsets = np.concatenate(([0], np.cumsum(num_atoms)[:-1])) if len(graphs) else np.zeros(0, np.int64)
-    molecule_ids = np.arange(len(graphs), dtype=np.int64)
-
-    def concat(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
-        return np.concatenate(arrays, axis=0) if arrays else np.zeros(empty_shape, dtype=dtype)
-
-    edge_index = [graph.edge_index + offset for graph, offset in zip(graphs, node_offsets)]
-    return {
-        "graph_node_features": torch.from_numpy(concat([g.node_features for g in graphs], (0, 9), np.int64)),
-        "graph_edge_index": torch.from_numpy(np.concatenate(edge_index, axis=1) if edge_index else np.zeros((2, 0), np.int64)),
-        "graph_edge_features": torch.from_numpy(concat([g.edge_features for g in graphs], (0, 3), np.int64)),
-        "graph_node_batch": torch.from_numpy(np.repeat(molecule_ids, num_atoms)),
-        "graph_motif_features": torch.from_numpy(concat([g.motif_features for g in graphs], (0, MOTIF_FEATURE_SIZE), np.float32)),
-        "graph_motif_batch": torch.from_numpy(np.repeat(molecule_ids, num_motifs)),
-    }
+    arrays = {spec.name: [] for spec in GRAPH_INPUTS}
+    nodes = molecules = 0
+    for part in parts:
+        node_batch = np.asarray(part["graph_node_batch"], dtype=np.int64).reshape(-1)
+        for spec in GRAPH_INPUTS:
+            array = np.asarray(part[spec.name], dtype=spec.dtype).reshape(spec.shape(config))
+            if spec.kind == "edge_index":
+                array = array + nodes
+            elif spec.kind == "batch":
+                array = array + molecules
+            arrays[spec.name].append(array)
+        nodes += len(node_batch)
+        molecules += num_molecules(node_batch)
+    joined = {}
+    for spec in GRAPH_INPUTS:
+        axis = 1 if spec.kind == "edge_index" else 0
+        empty = np.zeros([0 if size == -1 else size for size in spec.shape(config)], dtype=spec.dtype)
+        joined[spec.name] = torch.from_numpy(np.concatenate(arrays[spec.name], axis=axis) if parts else empty)
+    return joined

@@ -29,9 +29,9 @@ except ImportError as error:
     raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
 
 try:  # loaded as remote code (a package next to the weights)
-    from .configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+    from .configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 except ImportError:  # imported as a plain module from the repository root
-    from configuration_llamo import GRAPH_INPUT_NAMES, LlamoConfig
+    from configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 
 
 logger = logging.get_logger(__name__)
@@ -169,12 +169,42 @@ def attend_to_sets(
     return attended, weights
 
 
-class LlamoMultiLevelProjector(nn.Module):
+class LlamoProjector(nn.Module):
+    """Interface of the graph projectors: the GIN's levels of a batch of molecules -> graph tokens at the LLM's width.
+
+    A projector is built from the config alone, is registered in `PROJECTORS` under the `projector_type` names it
+    implements (`configuration_llamo.PROJECTOR_SPECS` says, for the processor and the tools, how many tokens each
+    makes, whether it reads motifs and has attention maps), initializes its own parameters in
+    `init_projector_weights`, and returns a `LlamoGraphOutput` whose `graph_features` are
+    `config.num_graph_tokens` rows per molecule (one per atom when that is `None`), molecule by molecule.
+    """
+
+    def __init__(self, config: LlamoConfig):
+        super().__init__()
+        self.use_motifs = config.uses_motifs
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        """Initialize the parameters this module owns directly (called by `LlamoPreTrainedModel._init_weights`
+        after the generic rules for Linear, LayerNorm, attention, ...)."""
+
+    def forward(
+        self,
+        levels: tuple[torch.Tensor, ...],
+        node_batch: torch.LongTensor,
+        num_molecules: int,
+        motif_features: torch.Tensor | None = None,
+        motif_batch: torch.LongTensor | None = None,
+        output_attentions: bool = False,
+    ) -> LlamoGraphOutput:
+        raise NotImplementedError
+
+
+class LlamoMultiLevelProjector(LlamoProjector):
     """MGProj: learned queries per GNN level (and over functional-group motifs) cross-attend the molecule; the
     resulting tokens are normalized and mapped to the LLM's width. With the defaults: 6 x 4 + 4 = 28 tokens."""
 
-    def __init__(self, config: LlamoConfig, use_motifs: bool):
-        super().__init__()
+    def __init__(self, config: LlamoConfig):
+        super().__init__(config)
         hidden, heads = config.gnn_hidden_size, config.projector_num_heads
         self.num_levels = config.num_graph_levels
         self.motif_tokens_first = config.motif_tokens_first
@@ -183,11 +213,10 @@ class LlamoMultiLevelProjector(nn.Module):
         self.level_attentions = nn.ModuleList(
             nn.MultiheadAttention(hidden, heads, batch_first=True) for _ in range(num_attentions)
         )
-        if use_motifs:
+        if self.use_motifs:
             self.motif_embedding = nn.Linear(config.motif_feature_size, hidden, bias=False)
             self.motif_queries = nn.Parameter(torch.empty(config.num_motif_query_tokens, hidden))
             self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.use_motifs = use_motifs
         self.head = LlamoGraphTokenHead(hidden, config)
         # `projector_attention="normed"`: unit-scale keys per level and sharper queries (see LlamoConfig).
         self.normed = config.projector_attention == "normed"
@@ -195,6 +224,13 @@ class LlamoMultiLevelProjector(nn.Module):
             self.level_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(self.num_levels))
             self.query_log_scale = nn.Parameter(torch.empty(self.num_levels, 1, 1))
         self.size_head = nn.Linear(hidden, config.text_config.hidden_size) if config.graph_size_token else None
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        init.normal_(self.level_queries, mean=0.0, std=config.query_init_std)
+        if self.use_motifs:
+            init.normal_(self.motif_queries, mean=0.0, std=config.query_init_std)
+        if self.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
+            init.constant_(self.query_log_scale, 0.5 * math.log(config.gnn_hidden_size // config.projector_num_heads))
 
     def forward(
         self,
@@ -268,15 +304,18 @@ class LlamoMultiLevelProjector(nn.Module):
         return attend_to_sets(self.motif_attention, queries, dense, motif_mask, output_attentions)
 
 
-class LlamoResamplerProjector(nn.Module):
+class LlamoResamplerProjector(LlamoProjector):
     """Ablation: one set of learned queries cross-attending the last GNN layer (no levels, no motifs)."""
 
     def __init__(self, config: LlamoConfig):
-        super().__init__()
+        super().__init__(config)
         hidden = config.gnn_hidden_size
         self.queries = nn.Parameter(torch.empty(config.num_graph_tokens, hidden))
         self.attention = nn.MultiheadAttention(hidden, config.projector_num_heads, batch_first=True)
         self.head = LlamoGraphTokenHead(hidden, config)
+
+    def init_projector_weights(self, config: LlamoConfig) -> None:
+        init.normal_(self.queries, mean=0.0, std=config.query_init_std)
 
     def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
         dense, atom_mask = to_dense_batch(levels[-1], node_batch, batch_size=num_molecules)
@@ -289,11 +328,11 @@ class LlamoResamplerProjector(nn.Module):
         )
 
 
-class LlamoNodeProjector(nn.Module):
+class LlamoNodeProjector(LlamoProjector):
     """Ablation: one graph token per atom, an MLP on the lowest, the highest or all levels concatenated."""
 
     def __init__(self, config: LlamoConfig):
-        super().__init__()
+        super().__init__(config)
         self.levels = {"mlp_low": "low", "mlp_high": "high", "mlp_concat": "concat"}[config.projector_type]
         width = config.gnn_hidden_size * (config.num_graph_levels if self.levels == "concat" else 1)
         self.head = LlamoGraphTokenHead(width, config)
@@ -306,30 +345,43 @@ class LlamoNodeProjector(nn.Module):
         return LlamoGraphOutput(graph_features=self.head(nodes), node_states=levels)
 
 
-def build_projector(config: LlamoConfig) -> nn.Module | None:
-    if config.projector_type == "none":
+# projector_type -> implementation, for every type of `PROJECTOR_SPECS` that reads the graph (tests check they agree).
+# A new projector: a `LlamoProjector` subclass, its entry here and its `ProjectorSpec` in configuration_llamo.
+PROJECTORS: dict[str, type[LlamoProjector]] = {
+    "multilevel": LlamoMultiLevelProjector,
+    "multilevel_no_motif": LlamoMultiLevelProjector,
+    "mlp_low": LlamoNodeProjector,
+    "mlp_high": LlamoNodeProjector,
+    "mlp_concat": LlamoNodeProjector,
+    "resampler": LlamoResamplerProjector,
+}
+
+
+def build_projector(config: LlamoConfig) -> LlamoProjector | None:
+    """The config's projector, or None for a text-only model."""
+    if not config.uses_graph:
         return None
-    if config.projector_type == "resampler":
-        return LlamoResamplerProjector(config)
-    if config.projector_type.startswith("mlp_"):
-        return LlamoNodeProjector(config)
-    return LlamoMultiLevelProjector(config, use_motifs=config.uses_motifs)
+    if config.projector_type not in PROJECTORS:
+        raise ValueError(f"projector_type {config.projector_type!r} has no implementation in PROJECTORS ({', '.join(PROJECTORS)})")
+    return PROJECTORS[config.projector_type](config)
 
 
 def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index: torch.LongTensor) -> dict[str, torch.Tensor]:
     """Graph inputs of the molecules `molecule_index` (in that order, repeats allowed), re-indexed from 0.
 
-    Expects nodes, edges and motifs grouped molecule by molecule, as `LlamoProcessor` produces them.
+    Expects nodes, edges and motifs grouped molecule by molecule, as `LlamoProcessor` produces them. Every tensor of
+    `GRAPH_INPUTS` that is present is selected by its element (node / edge / motif) and kind.
     """
     node_batch = graph_inputs["graph_node_batch"]
-    num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
-    edge_batch = node_batch[graph_inputs["graph_edge_index"][0]]
-    node_counts = torch.bincount(node_batch, minlength=num_molecules)
-    old_node_start = node_counts.cumsum(0) - node_counts
+    molecules = num_molecules(node_batch)
+    # The molecule of each element, per element set (motifs only when given).
+    element_batch = {"node": node_batch, "edge": node_batch[graph_inputs["graph_edge_index"][0]]}
+    if graph_inputs.get("graph_motif_batch") is not None:
+        element_batch["motif"] = graph_inputs["graph_motif_batch"]
 
     def gather(batch: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Positions of the selected molecules' elements and their new molecule ids."""
-        counts = torch.bincount(batch, minlength=num_molecules)
+        counts = torch.bincount(batch, minlength=molecules)
         start = counts.cumsum(0) - counts
         new_counts = counts[molecule_index]
         new_batch = torch.repeat_interleave(torch.arange(len(molecule_index), device=batch.device), new_counts)
@@ -337,21 +389,25 @@ def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index
         within = torch.arange(int(new_counts.sum()), device=batch.device) - new_start[new_batch]
         return start[molecule_index][new_batch] + within, new_batch
 
-    node_source, new_node_batch = gather(node_batch)
-    edge_source, new_edge_batch = gather(edge_batch)
+    gathered = {element: gather(batch) for element, batch in element_batch.items()}
+    node_counts = torch.bincount(node_batch, minlength=molecules)
+    old_node_start = node_counts.cumsum(0) - node_counts
     new_node_counts = node_counts[molecule_index]
     new_node_start = new_node_counts.cumsum(0) - new_node_counts
+    new_edge_batch = gathered["edge"][1]
+    # Edge indices move with their molecule's first node.
     shift = new_node_start[new_edge_batch] - old_node_start[molecule_index][new_edge_batch]
-    selected = {
-        "graph_node_features": graph_inputs["graph_node_features"][node_source],
-        "graph_edge_index": graph_inputs["graph_edge_index"][:, edge_source] + shift,
-        "graph_edge_features": graph_inputs["graph_edge_features"][edge_source],
-        "graph_node_batch": new_node_batch,
-    }
-    if graph_inputs.get("graph_motif_features") is not None:
-        motif_source, new_motif_batch = gather(graph_inputs["graph_motif_batch"])
-        selected["graph_motif_features"] = graph_inputs["graph_motif_features"][motif_source]
-        selected["graph_motif_batch"] = new_motif_batch
+    selected = {}
+    for spec in GRAPH_INPUTS:
+        if spec.element not in gathered or graph_inputs.get(spec.name) is None:
+            continue
+        source, new_batch = gathered[spec.element]
+        if spec.kind == "batch":
+            selected[spec.name] = new_batch
+        elif spec.kind == "edge_index":
+            selected[spec.name] = graph_inputs[spec.name][:, source] + shift
+        else:
+            selected[spec.name] = graph_inputs[spec.name][source]
     return selected
 
 
@@ -369,16 +425,8 @@ class LlamoPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm
-        std = self.config.query_init_std
-        if isinstance(module, LlamoMultiLevelProjector):
-            init.normal_(module.level_queries, mean=0.0, std=std)
-            if module.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
-                head_dim = self.config.gnn_hidden_size // self.config.projector_num_heads
-                init.constant_(module.query_log_scale, 0.5 * math.log(head_dim))
-            if module.use_motifs:
-                init.normal_(module.motif_queries, mean=0.0, std=std)
-        elif isinstance(module, LlamoResamplerProjector):
-            init.normal_(module.queries, mean=0.0, std=std)
+        if isinstance(module, LlamoProjector):
+            module.init_projector_weights(self.config)  # the learned queries: each projector knows its own
         elif isinstance(module, GINEConv) and isinstance(module.eps, nn.Parameter):
             init.zeros_(module.eps)
 
@@ -391,7 +439,7 @@ class LlamoModel(LlamoPreTrainedModel):
         # The language model is registered first: `model.dtype` (saved as the checkpoint's dtype) is that of the
         # first parameter, and the GIN stays fp32 in a bf16 model.
         self.language_model = AutoModel.from_config(config.text_config)
-        self.graph_encoder = LlamoGraphEncoder(config) if config.projector_type != "none" else None
+        self.graph_encoder = LlamoGraphEncoder(config) if config.uses_graph else None
         self.projector = build_projector(config)
         self.post_init()
 
@@ -421,10 +469,9 @@ class LlamoModel(LlamoPreTrainedModel):
         """Encode a batch of molecules and project them to graph tokens (`graph_features`: slot order, LLM width)."""
         if self.projector is None:
             raise ValueError("this LLaMo model has projector_type='none': it reads SMILES text only, not graphs")
-        num_molecules = int(graph_node_batch[-1]) + 1 if graph_node_batch.numel() else 0
         levels = self.graph_encoder(graph_node_features, graph_edge_index, graph_edge_features)
         return self.projector(
-            levels, graph_node_batch, num_molecules, graph_motif_features, graph_motif_batch, output_attentions
+            levels, graph_node_batch, num_molecules(graph_node_batch), graph_motif_features, graph_motif_batch, output_attentions
         )
 
     def get_placeholder_mask(
@@ -464,11 +511,14 @@ class LlamoModel(LlamoPreTrainedModel):
         **kwargs,
     ) -> tuple | LlamoModelOutputWithPast:
         r"""
-        graph_node_features (`torch.LongTensor` of shape `(num_atoms, 9)`): OGB atom features of all molecules.
+        graph_node_features (`torch.LongTensor` of shape `(num_atoms, len(config.atom_feature_vocab_sizes))`): OGB
+            atom features of all molecules.
         graph_edge_index (`torch.LongTensor` of shape `(2, num_edges)`): directed bonds, as indices into the atoms.
-        graph_edge_features (`torch.LongTensor` of shape `(num_edges, 3)`): OGB bond features.
+        graph_edge_features (`torch.LongTensor` of shape `(num_edges, len(config.bond_feature_vocab_sizes))`): OGB
+            bond features.
         graph_node_batch (`torch.LongTensor` of shape `(num_atoms,)`): molecule index of each atom.
-        graph_motif_features (`torch.FloatTensor` of shape `(num_motifs, 73)`): functional-group descriptors.
+        graph_motif_features (`torch.FloatTensor` of shape `(num_motifs, config.motif_feature_size)`): functional-group
+            descriptors.
         graph_motif_batch (`torch.LongTensor` of shape `(num_motifs,)`): molecule index of each motif.
         output_projector_attentions (`bool`): also return the projector's cross-attention weights.
 
@@ -604,12 +654,12 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
 
     def _molecule_sample_index(self, input_ids: torch.LongTensor, node_batch: torch.LongTensor) -> torch.LongTensor:
         """Sample (row of `input_ids`) that each molecule's graph-token slots sit in."""
-        num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
+        molecules = num_molecules(node_batch)
         tokens_per_molecule = self.config.num_graph_tokens
         if tokens_per_molecule is None:  # one token per atom
-            slots = torch.bincount(node_batch, minlength=num_molecules)
+            slots = torch.bincount(node_batch, minlength=molecules)
         else:
-            slots = torch.full((num_molecules,), tokens_per_molecule, device=input_ids.device)
+            slots = torch.full((molecules,), tokens_per_molecule, device=input_ids.device)
         molecule_end = slots.cumsum(0)
         sample_end = (input_ids == self.config.graph_token_id).sum(dim=1).cumsum(0)
         return torch.searchsorted(sample_end, molecule_end.to(sample_end.device))
@@ -623,5 +673,7 @@ __all__ = [
     "LlamoForConditionalGeneration",
     "LlamoModel",
     "LlamoPreTrainedModel",
+    "PROJECTORS",
+    "LlamoProjector",
     "select_graph_molecules",
 ]

@@ -2,7 +2,7 @@
 
     python run_tiny_pipeline.py [--output_dir outputs]
 
-1. data      instruction data generated from the shipped SMILES (`llamo_instructions.py`) and QM9 HOMO/LUMO/gap
+1. data      instruction data generated from the shipped SMILES (`llamo/instructions.py`) and QM9 HOMO/LUMO/gap
              values; 10% of the molecules are held out of every stage (same split everywhere).
 2. stage 0   a tiny Llama (the "base LLM") learns the text of the training conversations, SMILES included.
 3. stage 1   LLaMo is built around it; the GIN and projector learn from descriptions, the LLM frozen.
@@ -27,19 +27,16 @@ import subprocess
 import sys
 import time
 
-import torch
-from trl import SFTConfig, SFTTrainer
-
 from llamo.baselines import MorganRetrieval, TrainMean
 from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
-from featurization_llamo import parse_smiles, prompt_smiles
-from llamo.data import DataSource, is_held_out, load_mixture, load_source, split_by_molecule
+from featurization_llamo import parse_smiles
+from llamo.data import DataSource, is_held_out, load_source, split_by_molecule
 from llamo.instructions import generate_examples, read_smiles_column
-from llamo.tiny import TINY_GRAPH_CONFIG, TINY_TEXT_CONFIG, load_tiny_tokenizer
+from llamo.base_llm import HELD_OUT, pretrain_base_llm
+from llamo.tiny import TINY_GRAPH_CONFIG
 
 
 ROOT = pathlib.Path(__file__).resolve().parent
-HELD_OUT = 0.1
 # facts whose answers are short and exact (counts, yes/no, formula): scored by exact match
 EXACT_FACTS = (
     "formula", "heavy_atoms", "rings", "aromatic_rings", "is_aromatic", "hbond_donors", "hbond_acceptors",
@@ -74,41 +71,6 @@ def stage2_sources(files: dict[str, str]) -> list[str]:
     """Computed-fact questions and QM9 properties: short answers a tiny model can learn in minutes (IUPAC naming
     is in the quality benchmark, `benchmarks/run_benchmark.py`)."""
     return [f"messages:{files['questions']}@0.75", f"property:{ROOT / 'data' / 'qm9_homo_lumo_gap.tsv'}@0.25"]
-
-
-def pretrain_base_llm(output_dir: pathlib.Path, sources: list[str], steps: int, seed: int) -> None:
-    """Stage 0: a tiny Llama learns the conversations as text (the molecule as its SMILES), with TRL's SFTTrainer."""
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from processing_llamo import DEFAULT_CHAT_TEMPLATE
-
-    conversations, _ = load_mixture([DataSource.parse(spec) for spec in sources], seed=seed)
-    train, _ = split_by_molecule(conversations, HELD_OUT)
-
-    def as_text(row):
-        messages = [dict(m) for m in row["messages"]]
-        shown = " ".join(prompt_smiles(parse_smiles(s)) for s in row["smiles"])
-        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[first_user]["content"] = f"{shown} {messages[first_user]['content']}"
-        return {"messages": messages}
-
-    text = Dataset.from_list([as_text(row) for row in train.select(range(min(len(train), steps * 16)))])
-    tokenizer = load_tiny_tokenizer()
-    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TINY_TEXT_CONFIG,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    args = SFTConfig(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3,
-        lr_scheduler_type="cosine", warmup_steps=20, assistant_only_loss=True, max_length=512, use_cpu=True,
-        bf16=False, activation_checkpointing=False, logging_steps=50, save_strategy="no", report_to="none", seed=seed,
-    )  # fmt: skip
-    trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=text, processing_class=tokenizer)
-    trainer.train()
-    trainer.save_model(str(output_dir))
 
 
 def train(arguments: list[str]) -> None:

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Traine
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
+from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
@@ -78,7 +78,7 @@ class LlamoModelArguments:
 class LlamoDataArguments:
     datasets: list[str] = field(
         default_factory=list,
-        metadata={"help": "Training data: '[format:]path_or_hub_id[@weight]' ... (formats and columns: llamo_data.py)."},
+        metadata={"help": "Training data: '[format:]path_or_hub_id[@weight]' ... (formats and columns: llamo/data.py)."},
     )
     eval_datasets: list[str] = field(default_factory=list, metadata={"help": "Evaluation data, same syntax."})
     eval_fraction: float = field(
@@ -143,7 +143,8 @@ def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGene
         model = LlamoForConditionalGeneration.from_pretrained(model_args.init_from, dtype=model_args.dtype)
         # the folder is a LLaMo repository (config.json with auto_map): its tokenizer loads through it
         return model, LlamoProcessor.from_pretrained(model_args.init_from, trust_remote_code=True)
-    if model_args.stage == 1 and model_args.projector_type == "none":
+    spec = PROJECTOR_SPECS.get(model_args.projector_type)
+    if model_args.stage == 1 and spec is not None and not spec.uses_graph:
         raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
     if model_args.llm is None:
         return build_tiny_llamo(projector_type=model_args.projector_type, **parse_config_overrides(model_args.config_overrides))
@@ -291,11 +292,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    # We featurize and tokenize ourselves (llamo_data), and our collator needs the graph columns.
+    # We featurize and tokenize ourselves (llamo.data), and our collator needs the graph columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
     if not data_args.datasets:
-        raise ValueError("pass training data with --datasets (see llamo_data.py for the formats)")
+        raise ValueError("pass training data with --datasets (see llamo/data.py for the formats)")
     if model_args.keep_adapter and (model_args.stage != 2 or model_args.init_from is None):
         raise ValueError("--keep_adapter saves a LoRA adapter over the stage-1 folder: it needs --stage 2 --init_from")
     started = time.time()

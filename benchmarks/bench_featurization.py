@@ -30,7 +30,7 @@ def load_featurization_at(revision: str):
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    path = pathlib_path = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+    path = pathlib_path = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)  # noqa: SIM115  (closed below)
     with path:
         path.write(source)
     name = f"featurization_llamo_{revision.replace('-', '_').replace('~', '_')}"

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_memory.py [--train_steps 500] [--generate_calls 1000]
 
-The tiny LLaMo (tiny_llamo.py) trains with the stage-2 recipe of bench_training.py and then answers one molecule per
+The tiny LLaMo (llamo/tiny.py) trains with the stage-2 recipe of bench_training.py and then answers one molecule per
 generate call (processor included), cycling through a fixed set of molecules. RSS is sampled (after gc.collect() and
 glibc's malloc_trim) after every pass over the training batches and every 50 generate calls. The first 20% of each run is warm-up (optimizer state, allocator pools, the featurization
 cache filling up); growth is measured from there to the end, and the slope is a least-squares fit over that span.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
-    from bench_training import stage2_llamo, train_step_fn
+    from common import stage2_llamo, train_step_fn
     from llamo.tiny import build_tiny_llamo
 
     examples, source = load_chebi20_examples(args.num_molecules)
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
     generate_samples = sample_rss(generate, args.generate_calls, max(args.generate_calls // 20, 1))
 
     print_header("Memory: RSS over training steps and generate calls", "python benchmarks/bench_memory.py " + " ".join(argv or sys.argv[1:]))
-    print(f"tiny LLaMo (tiny_llamo.py), {len(examples)} molecules from {source}, training batch {args.batch_size}\n")
+    print(f"tiny LLaMo (llamo/tiny.py), {len(examples)} molecules from {source}, training batch {args.batch_size}\n")
     rows, targets = [], []
     for name, samples in (("training steps", train_samples), ("generate calls", generate_samples)):
         start, grown, slope = growth(samples)

@@ -26,6 +26,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from common import (
+    LORA,
     Target,
     add_thread_argument,
     bare_language_model,
@@ -36,12 +37,13 @@ from common import (
     print_header,
     print_targets,
     set_threads,
+    stage2_llamo,
     text_only_inputs,
+    train_step_fn,
 )
 
 
 QUESTION = "Describe this molecule."
-LORA = dict(r=8, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
 
 
 def processor_collate(examples: list[dict[str, Any]], processor) -> dict[str, torch.Tensor]:
@@ -56,35 +58,11 @@ def load_collate(spec: str | None) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def stage2_llamo(model):
-    """Stage-2 trainables: projector fully (saved with the adapter), LoRA on the language model's q_proj / v_proj."""
-    model.requires_grad_(False)
-    config = LoraConfig(target_modules=r"^model\.language_model\..*\.(q_proj|v_proj)$", modules_to_save=["projector"], **LORA)
-    peft_model = get_peft_model(model, config)
-    peft_model.train()
-    assert not model.model.graph_encoder.training and not any(p.requires_grad for p in model.model.graph_encoder.parameters())
-    return peft_model
-
-
 def lora_bare(model):
     model.requires_grad_(False)
     peft_model = get_peft_model(model, LoraConfig(target_modules=r"^model\..*\.(q_proj|v_proj)$", **LORA))
     peft_model.train()
     return peft_model
-
-
-def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4):
-    """A step function over the batch with the given index: forward with labels, backward, AdamW step."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-
-    def step(indices):
-        for index in indices:
-            optimizer.zero_grad(set_to_none=True)
-            loss = model(**batches[index]).loss
-            loss.backward()
-            optimizer.step()
-
-    return step
 
 
 def data_path_rate(collate: Callable, processor, examples: list[dict], batch_size: int, repeats: int) -> float:
@@ -144,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[Target]:
         f"batch {args.batch_size}, padded lengths {lengths}, data {source}; fp32; {args.repeats} steps each after 2 warm-up, "
         f"alternating; trainable parameters {trainable}\n"
     )
-    step_ratios = [l / b for l, b in zip(timings["llamo"], timings["bare"])]
+    step_ratios = [llamo_time / bare_time for llamo_time, bare_time in zip(timings["llamo"], timings["bare"])]
     rows = [[name, f"{statistics.median(t) * 1e3:.0f}", f"{args.batch_size / statistics.median(t):.1f}"] for name, t in timings.items()]
     print(format_table(["model", "ms per step (median)", "samples/s"], rows))
     print()

@@ -21,19 +21,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pathlib
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
+from llamo.base_llm import pretrain_base_llm
+from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations  # noqa: E402
 
 
 # arm -> (projector_type, LlamoConfig overrides beyond the tiny graph config)
@@ -77,11 +79,11 @@ def load_split(path: pathlib.Path):
 
 
 def train_stage(argv: list[str]) -> dict:
-    """One `train_sft.py` run in this process (printed as the command that repeats it)."""
-    from train_sft import main as train
-
+    """One `train_sft.py` run, in its own process as printed; returns its summary (`training_summary.json`)."""
     print("$ python train_sft.py " + shlex.join(argv), flush=True)
-    return train(argv)
+    subprocess.run([sys.executable, str(ROOT / "train_sft.py"), *argv], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
+    return json.loads((output_dir / "training_summary.json").read_text())
 
 
 def train_arm(args, arm: str, seed: int, base_llm: pathlib.Path, train_spec: str, output: pathlib.Path) -> dict:
@@ -201,8 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
     assert all(example.question == QUESTION for example in train_examples + dev_examples)
 
     log("2/6 stage 0: the shared base LLM learns the training questions as text")
-    from run_tiny_pipeline import pretrain_base_llm
-
     base_llm = out / "tiny-llm"
     if not (base_llm / "config.json").exists():
         pretrain_base_llm(base_llm, [f"property:{paths['train']}"], args.stage0_steps, seed=0)

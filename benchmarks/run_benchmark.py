@@ -9,7 +9,7 @@
              shared "base LLM", like Llama-2 for the paper.
 4. ablation  for every seed and projector (`none`, `mlp_high`, `multilevel_no_motif`, `multilevel`): stage 1 on
              captions (graph projectors only) and multi-task stage 2 with `train_sft.py`, a fixed number of steps.
-5. eval      every model answers every dev set (greedy), scored by `evaluate_llamo.py`.
+5. eval      every model answers every dev set (greedy), scored by `llamo.evaluation`.
 6. report    `report/results.json`, `report/results.md`, `report/*.png` (`benchmarks/quality/report.py`), and with
              `--readme` the README's generated block.
 
@@ -22,21 +22,24 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import shlex
+import subprocess
 import sys
 import time
 
 import torch
 
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from llamo.base_llm import pretrain_base_llm
+from llamo.evaluation import evaluate, evaluate_baseline, load_examples
+from quality.data import missing_sources, prepare_splits  # a sibling package: run as `python benchmarks/run_benchmark.py`
+from quality.report import build_report, update_readme, write_report
 
-from benchmarks.quality.data import missing_sources, prepare_splits  # noqa: E402
-from benchmarks.quality.report import build_report, update_readme, write_report  # noqa: E402
-from llamo.evaluation import evaluate, evaluate_baseline, load_examples  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 VARIANTS = ("none", "mlp_high", "multilevel_no_motif", "multilevel")
@@ -49,11 +52,11 @@ def log(message: str) -> None:
 
 
 def train_stage(argv: list[str]) -> dict:
-    """One `train_sft.py` run in this process (printed as the command that repeats it); returns its summary."""
-    from train_sft import main as train
-
+    """One `train_sft.py` run, in its own process as printed; returns its summary (`training_summary.json`)."""
     print("$ python train_sft.py " + shlex.join(argv), flush=True)
-    return train(argv)
+    subprocess.run([sys.executable, str(ROOT / "train_sft.py"), *argv], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
+    return json.loads((output_dir / "training_summary.json").read_text())
 
 
 def common_training_arguments(args: argparse.Namespace, steps: int, seed: int) -> list[str]:
@@ -151,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     timings["baselines"] = time.time() - tick
 
     log(f"3/6 stage 0: the tiny base LLM learns the training conversations as text ({args.stage0_steps} steps)")
-    from run_tiny_pipeline import pretrain_base_llm
-
     tick = time.time()
     base_llm = models / "base-llm"
     pretrain_base_llm(base_llm, [f"{splits[task].spec('train')}@{w}" for task, w in MIX_WEIGHTS.items()], args.stage0_steps, 0)

@@ -37,11 +37,12 @@ import torch
 from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
+from configuration_llamo import PROJECTOR_SPECS
 from featurization_llamo import featurize_molecule, parse_smiles
 
 
 # Projector types whose graph tokens come from cross-attention (the others have no weights to show).
-ATTENTION_PROJECTOR_TYPES = ("multilevel", "multilevel_no_motif", "resampler")
+ATTENTION_PROJECTOR_TYPES = tuple(name for name, spec in PROJECTOR_SPECS.items() if spec.attention_levels is not None)
 MOTIF_PANEL = "motifs"
 
 RED = (0.80, 0.10, 0.12)
@@ -82,7 +83,7 @@ def check_projector_has_attention(config) -> None:
     projector_type = config.projector_type
     if projector_type in ATTENTION_PROJECTOR_TYPES:
         return
-    if projector_type == "none":
+    if not config.uses_graph:
         reason = "it reads the SMILES text only, with no graph projector"
     else:
         reason = "its graph tokens are per-atom MLP outputs (one token per atom), with no attention to show"
@@ -94,7 +95,7 @@ def check_projector_has_attention(config) -> None:
 
 def level_names(config) -> tuple[str, ...]:
     """Readable names of the projector's attention levels, in the order of `level_attentions`."""
-    if config.projector_type == "resampler":
+    if config.projector_spec.attention_levels == "last":
         return ("last GNN layer",)
     return ("atom embeddings",) + tuple(f"GNN layer {layer}" for layer in range(1, config.gnn_num_layers + 1))
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from rdkit import DataStructs
 
-from llamo.evaluation import Example, question_kind
+from llamo.examples import Example, question_kind
 from llamo.metrics import MORGAN_FINGERPRINT, parse_molecule, parse_number
 
 

@@ -7,7 +7,8 @@
    the assistant turns only; epochs reuse the result.
 3. `LlamoDataCollator` pads a batch (right padding) and concatenates its molecules into the model's flat graph inputs.
 
-Formats (`DataSource.format`; detected from the columns when omitted):
+Formats (`DataSource.format`; when omitted, the first entry of `FORMATS` whose columns the table has). Each is one
+function `(row, rng) -> conversations | Skip` registered in `FORMATS`:
 
 | format | columns | becomes |
 |---|---|---|
@@ -26,6 +27,7 @@ import pathlib
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -33,10 +35,10 @@ import datasets
 import torch
 from rdkit import Chem
 
-from featurization_llamo import MOTIF_FEATURE_SIZE, parse_smiles
+from configuration_llamo import GRAPH_INPUTS, num_molecules
+from featurization_llamo import join_graph_inputs, parse_smiles
 
 
-FORMATS = ("messages", "instruction", "caption", "iupac", "property", "mol_instructions")
 PLACEHOLDER = "<graph>"
 
 # Instruction wordings written for this project, picked per row with a seeded generator.
@@ -141,21 +143,6 @@ def column_lookup(columns: list[str]) -> dict[str, str]:
     return {name.lower(): name for name in columns}
 
 
-def detect_format(columns: list[str]) -> str:
-    names = column_lookup(columns)
-    if "messages" in names:
-        return "messages"
-    if "instruction" in names and "output" in names:
-        return "mol_instructions" if "smiles" not in names else "instruction"
-    if "iupac_name" in names or "iupac" in names:
-        return "iupac"
-    if any(alias in names for aliases in PROPERTY_COLUMNS.values() for alias in aliases):
-        return "property"
-    if "description" in names and "smiles" in names:
-        return "caption"
-    raise ValueError(f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {FORMATS}")
-
-
 class Skip(NamedTuple):
     """Why a row is left out: a stable `reason` (counted) and a `detail` (kept as an example)."""
 
@@ -184,72 +171,119 @@ def _selfies_to_smiles(text: str) -> str:
     return smiles
 
 
-def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict] | Skip:
-    """The conversation(s) made from one row, or why the row cannot be used."""
+class Row:
+    """One table row, read by lower-cased column name (ChEBI-20 writes `SMILES`, PubChem tables `smiles`)."""
 
-    def get(name: str) -> Any:
-        return row.get(names.get(name, name))
+    def __init__(self, values: dict[str, Any], names: dict[str, str]):
+        self.values, self.names = values, names
 
-    smiles = get("smiles")
-    if fmt != "mol_instructions":
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def get(self, name: str) -> Any:
+        return self.values.get(self.names.get(name, name))
+
+    def text(self, name: str) -> str | None:
+        return _text(self.get(name))
+
+    def smiles(self) -> str | Skip:
+        """The row's `smiles` field, cleaned, or why there is none."""
+        smiles = self.get("smiles")
         if not isinstance(smiles, str):
             return Skip("wrong type", f"'smiles' is {type(smiles).__name__}") if smiles is not None else Skip("missing field", "smiles")
         smiles = smiles.strip().replace("\\\\", "\\")  # ChEBI-20 doubles every backslash
-        if not smiles:
-            return Skip("missing field", "smiles")
+        return smiles or Skip("missing field", "smiles")
 
-    if fmt == "messages":
-        messages = get("messages")
-        if not isinstance(messages, list) or not messages:
-            return Skip("wrong type", "'messages' must be a non-empty list")
-        turns = []
-        for message in messages:
-            role = message.get("role") if isinstance(message, dict) else None
-            content = _text(message.get("content")) if isinstance(message, dict) else None
-            if role not in ("system", "user", "assistant"):
-                return Skip("wrong type", f"message role {role!r}")
-            if content is None:
-                return Skip("empty answer") if role == "assistant" else Skip("wrong type", "message content must be a non-empty string")
-            turns.append(_turn(role, content))
-        if not any(turn["role"] == "assistant" for turn in turns):
-            return Skip("empty answer", "no assistant turn")
-        return [{"smiles": [smiles], "messages": turns, "task": _text(get("task"))}]
 
-    if fmt == "instruction":
-        instruction, answer = _text(get("instruction")), _text(get("output"))
-        if instruction is None:
-            return Skip("missing field", "instruction")
-        if answer is None:
-            return Skip("empty answer")
-        extra = _text(get("input"))
-        question = f"{instruction} {extra}" if extra else instruction
-        return [{"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", answer)]}]
+# A format turns one row into its conversations `{"smiles": [...], "messages": [...](, "task": ...)}`, or a `Skip`.
+FormatFunction = Callable[[Row, random.Random], "list[dict] | Skip"]
 
-    if fmt in ("caption", "iupac"):
-        column = "description" if fmt == "caption" else next((c for c in ("iupac_name", "iupac", "description") if c in names), "iupac_name")
-        answer = _text(get(column))
-        if answer is None:
-            return Skip("empty answer")
-        question = rng.choice(CAPTION_INSTRUCTIONS if fmt == "caption" else IUPAC_INSTRUCTIONS)
-        return [{"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", answer)]}]
 
-    if fmt == "property":
-        conversations = []
-        for prop, aliases in PROPERTY_COLUMNS.items():
-            column = next((alias for alias in aliases if alias in names), None)
-            if column is None:
-                continue
-            value = get(column)
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                return Skip("non-numeric property", f"{prop}={value!r}")
-            question = PROPERTY_INSTRUCTIONS[prop]
-            conversations.append({"smiles": [smiles], "messages": [_turn("user", question), _turn("assistant", f"{number:.4f}")]})
-        return conversations or Skip("missing field", "homo/lumo/gap")
+def _question_and_answer(smiles: list[str], question: str, answer: str) -> list[dict]:
+    return [{"smiles": smiles, "messages": [_turn("user", question), _turn("assistant", answer)]}]
 
-    # mol_instructions: the molecule arrives as SELFIES in `input`; molecule outputs (reactions) are SELFIES too.
-    instruction, answer, extra = _text(get("instruction")), _text(get("output")), _text(get("input"))
+
+def messages_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`smiles`, `messages` (and optionally `task`): the conversation as given."""
+    smiles = row.smiles()
+    if isinstance(smiles, Skip):
+        return smiles
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return Skip("wrong type", "'messages' must be a non-empty list")
+    turns = []
+    for message in messages:
+        role = message.get("role") if isinstance(message, dict) else None
+        content = _text(message.get("content")) if isinstance(message, dict) else None
+        if role not in ("system", "user", "assistant"):
+            return Skip("wrong type", f"message role {role!r}")
+        if content is None:
+            return Skip("empty answer") if role == "assistant" else Skip("wrong type", "message content must be a non-empty string")
+        turns.append(_turn(role, content))
+    if not any(turn["role"] == "assistant" for turn in turns):
+        return Skip("empty answer", "no assistant turn")
+    return [{"smiles": [smiles], "messages": turns, "task": row.text("task")}]
+
+
+def instruction_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`smiles`, `instruction`, `output` (`input` optional): one question and its answer."""
+    smiles = row.smiles()
+    if isinstance(smiles, Skip):
+        return smiles
+    instruction, answer = row.text("instruction"), row.text("output")
+    if instruction is None:
+        return Skip("missing field", "instruction")
+    if answer is None:
+        return Skip("empty answer")
+    extra = row.text("input")
+    return _question_and_answer([smiles], f"{instruction} {extra}" if extra else instruction, answer)
+
+
+def caption_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`SMILES`, `description`: "Describe this molecule." and the description."""
+    smiles = row.smiles()
+    if isinstance(smiles, Skip):
+        return smiles
+    answer = row.text("description")
+    if answer is None:
+        return Skip("empty answer")
+    return _question_and_answer([smiles], rng.choice(CAPTION_INSTRUCTIONS), answer)
+
+
+def iupac_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`smiles`, `iupac_name` (or `iupac`, or `description` when the format is given): the IUPAC name."""
+    smiles = row.smiles()
+    if isinstance(smiles, Skip):
+        return smiles
+    answer = row.text(next((column for column in ("iupac_name", "iupac", "description") if row.has(column)), "iupac_name"))
+    if answer is None:
+        return Skip("empty answer")
+    return _question_and_answer([smiles], rng.choice(IUPAC_INSTRUCTIONS), answer)
+
+
+def property_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`smiles` + any of the `homo`, `lumo`, `gap` columns (QM9, Hartree): one question per property, 4 decimals."""
+    smiles = row.smiles()
+    if isinstance(smiles, Skip):
+        return smiles
+    conversations = []
+    for prop, aliases in PROPERTY_COLUMNS.items():
+        column = next((alias for alias in aliases if row.has(alias)), None)
+        if column is None:
+            continue
+        value = row.get(column)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return Skip("non-numeric property", f"{prop}={value!r}")
+        conversations += _question_and_answer([smiles], PROPERTY_INSTRUCTIONS[prop], f"{number:.4f}")
+    return conversations or Skip("missing field", "homo/lumo/gap")
+
+
+def mol_instructions_format(row: Row, rng: random.Random) -> list[dict] | Skip:
+    """`instruction`, `input`, `output` (Mol-Instructions): the molecule arrives as SELFIES in `input`; molecule
+    outputs (reactions) are SELFIES too. Both are converted to SMILES."""
+    instruction, answer, extra = row.text("instruction"), row.text("output"), row.text("input")
     if instruction is None:
         return Skip("missing field", "instruction")
     if answer is None:
@@ -260,8 +294,38 @@ def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], 
             answer = _selfies_to_smiles(answer)
     except ValueError as error:
         return Skip("invalid SELFIES", str(error))
-    question = instruction if molecules or not extra else f"{instruction} {extra}"
-    return [{"smiles": molecules, "messages": [_turn("user", question), _turn("assistant", answer)]}]
+    return _question_and_answer(molecules, instruction if molecules or not extra else f"{instruction} {extra}", answer)
+
+
+def _has_property_column(names: dict[str, str]) -> bool:
+    return any(alias in names for aliases in PROPERTY_COLUMNS.values() for alias in aliases)
+
+
+# format name -> (does a table with these lower-cased columns have this format?, the row converter). The order is
+# the detection order: the first format whose test passes is the table's format.
+FORMATS: dict[str, tuple[Callable[[dict[str, str]], bool], FormatFunction]] = {
+    "messages": (lambda names: "messages" in names, messages_format),
+    "instruction": (lambda names: {"instruction", "output", "smiles"} <= names.keys(), instruction_format),
+    "mol_instructions": (lambda names: {"instruction", "output"} <= names.keys(), mol_instructions_format),
+    "iupac": (lambda names: "iupac_name" in names or "iupac" in names, iupac_format),
+    "property": (_has_property_column, property_format),
+    "caption": (lambda names: {"description", "smiles"} <= names.keys(), caption_format),
+}
+
+
+def detect_format(columns: list[str]) -> str:
+    """The first format of `FORMATS` whose columns the table has."""
+    names = column_lookup(columns)
+    for name, (matches, _) in FORMATS.items():
+        if matches(names):
+            return name
+    raise ValueError(f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {tuple(FORMATS)}")
+
+
+def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict] | Skip:
+    """The conversation(s) made from one row, or why the row cannot be used."""
+    _, convert = FORMATS[fmt]
+    return convert(Row(row, names), rng)
 
 
 def load_source(source: DataSource, seed: int = 0) -> tuple[datasets.Dataset, SkipReport]:
@@ -269,7 +333,7 @@ def load_source(source: DataSource, seed: int = 0) -> tuple[datasets.Dataset, Sk
     table = read_table(source)
     fmt = source.format or detect_format(table.column_names)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: use one of {FORMATS}")
+        raise ValueError(f"unknown format {fmt!r}: use one of {tuple(FORMATS)}")
     names = column_lookup(table.column_names)
 
     def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -369,31 +433,31 @@ def conversation_with_molecules(smiles: list[str], messages: list[dict]) -> list
     return chat
 
 
+def _graph_column(dtype: str, kind: str) -> datasets.List:
+    """`datasets` type of one graph input stored per conversation: a list (batch vectors) or a list of lists."""
+    value = datasets.Value(dtype)
+    return datasets.List(value) if kind == "batch" else datasets.List(datasets.List(value))
+
+
 ENCODED_FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int64")),
         "labels": datasets.List(datasets.Value("int64")),
-        "graph_node_features": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_edge_index": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_edge_features": datasets.List(datasets.List(datasets.Value("int64"))),
-        "graph_node_batch": datasets.List(datasets.Value("int64")),
-        "graph_motif_features": datasets.List(datasets.List(datasets.Value("float32"))),
-        "graph_motif_batch": datasets.List(datasets.Value("int64")),
+        **{spec.name: _graph_column(spec.dtype, spec.kind) for spec in GRAPH_INPUTS},
         "num_molecules": datasets.Value("int64"),
         "task": datasets.Value("string"),
         "skip_reason": datasets.Value("string"),
         "skip_detail": datasets.Value("string"),
     }
 )
+# The graph inputs of a conversation without molecules (edge_index keeps its two rows).
+EMPTY_GRAPH_ROW = {spec.name: [[], []] if spec.kind == "edge_index" else [] for spec in GRAPH_INPUTS}
 
 
 def encode_conversation(smiles: list[str], messages: list[dict], processor, max_length: int | None) -> dict[str, Any]:
     """Token ids, labels (assistant tokens only; -100 elsewhere, graph slots included) and the molecules' graph
     tensors of one conversation; `skip_reason` / `skip_detail` say why it cannot be used."""
-    empty = {
-        "input_ids": [], "labels": [], "graph_node_features": [], "graph_edge_index": [[], []], "graph_edge_features": [],
-        "graph_node_batch": [], "graph_motif_features": [], "graph_motif_batch": [], "num_molecules": 0,
-    }  # fmt: skip
+    empty = {"input_ids": [], "labels": [], **EMPTY_GRAPH_ROW, "num_molecules": 0}
     try:
         chat = conversation_with_molecules(smiles, messages)
         encoded = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
@@ -408,9 +472,9 @@ def encode_conversation(smiles: list[str], messages: list[dict], processor, max_
     if all(label == -100 for label in labels):
         return {**empty, "skip_reason": "no answer token within max_length", "skip_detail": f"max_length={max_length}"}
     row = {**empty, "input_ids": ids, "labels": labels, "skip_reason": "", "skip_detail": ""}
-    if "graph_node_features" in encoded:
-        row.update({key: encoded[key].tolist() for key in empty if key.startswith("graph_")})
-        row["num_molecules"] = int(encoded["graph_node_batch"].max()) + 1
+    if "graph_node_batch" in encoded:
+        row.update({name: encoded[name].tolist() for name in EMPTY_GRAPH_ROW})
+        row["num_molecules"] = num_molecules(encoded["graph_node_batch"])
     return row
 
 
@@ -461,22 +525,5 @@ class LlamoDataCollator:
 
     @staticmethod
     def _join_graphs(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        node_features, edge_index, edge_features, node_batch, motif_features, motif_batch = [], [], [], [], [], []
-        nodes = molecules = 0
-        for example in examples:
-            node_features.append(torch.as_tensor(example["graph_node_features"], dtype=torch.long).view(-1, 9))
-            edge_index.append(torch.as_tensor(example["graph_edge_index"], dtype=torch.long).view(2, -1) + nodes)
-            edge_features.append(torch.as_tensor(example["graph_edge_features"], dtype=torch.long).view(-1, 3))
-            node_batch.append(torch.as_tensor(example["graph_node_batch"], dtype=torch.long) + molecules)
-            motif_features.append(torch.as_tensor(example["graph_motif_features"], dtype=torch.float32).view(-1, MOTIF_FEATURE_SIZE))
-            motif_batch.append(torch.as_tensor(example["graph_motif_batch"], dtype=torch.long) + molecules)
-            nodes += node_features[-1].shape[0]
-            molecules += example["num_molecules"]
-        return {
-            "graph_node_features": torch.cat(node_features),
-            "graph_edge_index": torch.cat(edge_index, dim=1),
-            "graph_edge_features": torch.cat(edge_features),
-            "graph_node_batch": torch.cat(node_batch),
-            "graph_motif_features": torch.cat(motif_features),
-            "graph_motif_batch": torch.cat(motif_batch),
-        }
+        """The examples' molecules as one batch of graph inputs (the processor's batching, `join_graph_inputs`)."""
+        return join_graph_inputs(examples)

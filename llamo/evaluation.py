@@ -7,7 +7,7 @@
     llamo-eval --baseline morgan_nn --train_datasets caption:chebi20_train.tsv \\
         --datasets caption:chebi20_dev.tsv --output_dir outputs/eval/retrieval
 
-Data are read with the training loaders (`llamo_data`, same `[format:]path` syntax as `train_sft.py`). Writes
+Data are read with the training loaders (`llamo.data`, same `[format:]path` syntax as `train_sft.py`). Writes
 `predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json` (metrics per task, rows
 skipped, settings, timings; for a model also, per task, the teacher-forced answer NLL with the true graph, with the
 graphs shuffled across the batch and with the batch-mean graph, whose differences are the graph reliance). Metrics per task family (`llamo/metrics.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
@@ -24,15 +24,16 @@ import json
 import pathlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoProcessor
 
-from llamo.data import PROPERTY_INSTRUCTIONS, DataSource, conversation_with_molecules, load_mixture, split_by_molecule
-from llamo.metrics import METRIC_FAMILIES, exact_match, normalize, parse_number  # noqa: F401  (re-exported)
+from llamo.baselines import BASELINES
+from llamo.data import conversation_with_molecules
+from llamo.examples import Example, examples_from_conversations, load_examples, question_kind  # noqa: F401  (re-exported)
+from llamo.metrics import METRIC_FAMILIES, SCORED_PER_QUESTION_KIND, exact_match, normalize, parse_number  # noqa: F401
 
 
 # Which metrics each task gets; `--task_metrics task=family` adds or overrides entries.
@@ -41,54 +42,10 @@ TASK_FAMILIES = {
     "forward_reaction": "molecule", "retrosynthesis": "molecule", "reagent_prediction": "molecule",
     "molecule_generation": "molecule",
 }  # fmt: skip
-PROPERTY_BY_QUESTION = {question: name for name, question in PROPERTY_INSTRUCTIONS.items()}
 TOKENIZATION_NOTE = (
     "word: lower-cased NLTK wordpunct_tokenize (model-independent); llm: the model's own tokenizer pieces "
     "(at most 512, as the original LLaMo evaluation); ROUGE: rouge_score's tokenizer, no stemming"
 )
-
-
-@dataclass
-class Example:
-    """One question to answer: the conversation up to the last user turn, and the reference answer."""
-
-    id: int
-    task: str
-    smiles: list[str]
-    messages: list[dict]
-    reference: str
-
-    @property
-    def question(self) -> str:
-        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
-
-
-def examples_from_conversations(conversations) -> list[Example]:
-    """Split each conversation before its last assistant turn: everything before is the prompt."""
-    examples = []
-    for index, row in enumerate(conversations):
-        messages = row["messages"]
-        last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-        examples.append(Example(index, row.get("task") or "", row["smiles"], messages[:last], messages[last]["content"]))
-    return examples
-
-
-def load_examples(
-    specs: Sequence[str], eval_fraction: float | None = None, max_examples: int | None = None, seed: int = 0
-) -> tuple[list[Example], dict]:
-    """Examples from `[format:]path` specs through the training loaders, and the rows those skipped (counted)."""
-    conversations, skipped = load_mixture([DataSource.parse(spec) for spec in specs], seed=seed)
-    if eval_fraction is not None:
-        _, conversations = split_by_molecule(conversations, eval_fraction)
-    if max_examples is not None:
-        conversations = conversations.select(range(min(max_examples, len(conversations))))
-    return examples_from_conversations(conversations), skipped.to_dict()
-
-
-def question_kind(example: Example) -> str:
-    """The task, refined by the property asked for (`property/homo`): what a baseline may answer from."""
-    prop = PROPERTY_BY_QUESTION.get(example.question.strip())
-    return f"{example.task}/{prop}" if prop else example.task
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,10 +201,10 @@ def graph_reliance(model, processor, examples: Sequence[Example], batch_size: in
 
 
 def task_family(task: str, task_metrics: dict[str, str] | None = None) -> str:
-    """`text`, `name`, `property`, `molecule`, or `exact` (exact match only) for a task name."""
+    """The metric family (a key of `METRIC_FAMILIES`) of a task name; `exact` (exact match only) when unlisted."""
     family = {**TASK_FAMILIES, **(task_metrics or {})}.get(task, "exact")
-    if family != "exact" and family not in METRIC_FAMILIES:
-        raise ValueError(f"unknown metric family {family!r} for task {task!r}: use one of {['exact', *METRIC_FAMILIES]}")
+    if family not in METRIC_FAMILIES:
+        raise ValueError(f"unknown metric family {family!r} for task {task!r}: use one of {list(METRIC_FAMILIES)}")
     return family
 
 
@@ -270,27 +227,22 @@ def score(
         family = task_family(task, task_metrics)
         answers, references = [p for _, p in pairs], [e.reference for e, _ in pairs]
         entry = {"n": len(pairs), "family": family, "exact_match": sum(map(exact_match, answers, references)) / len(pairs)}
-        if family in ("text", "name"):
-            entry.update(METRIC_FAMILIES[family](answers, references, tokenizer))
-        elif family != "exact":
-            entry.update(METRIC_FAMILIES[family](answers, references))
-        if family == "property":  # an undertrained model answers the most common value whatever the molecule
-            entry["distinct_answer_share"] = len({normalize(answer) for answer in answers}) / len(answers)
-        if family == "property" and len({question_kind(e) for e, _ in pairs}) > 1:
-            entry["by_property"] = scores_by_property(pairs)
+        entry.update(METRIC_FAMILIES[family](answers, references, tokenizer=tokenizer))
+        if family in SCORED_PER_QUESTION_KIND and len({question_kind(e) for e, _ in pairs}) > 1:
+            entry["by_property"] = scores_by_property(pairs, family)
         results[task] = entry
     return results
 
 
-def scores_by_property(pairs: Sequence[tuple[Example, str]]) -> dict[str, dict]:
-    """Regression metrics for each property asked about (HOMO, LUMO, gap ...)."""
+def scores_by_property(pairs: Sequence[tuple[Example, str]], family: str = "property") -> dict[str, dict]:
+    """The family's metrics for each property asked about (HOMO, LUMO, gap ...)."""
     by_kind = {}
     for example, prediction in pairs:
         answers, references = by_kind.setdefault(question_kind(example).split("/", 1)[-1], ([], []))
         answers.append(prediction)
         references.append(example.reference)
     return {
-        kind: {"n": len(answers), **METRIC_FAMILIES["property"](answers, refs)}
+        kind: {"n": len(answers), **METRIC_FAMILIES[family](answers, refs)}
         for kind, (answers, refs) in sorted(by_kind.items())
     }
 
@@ -438,13 +390,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--model", help="model folder or Hub id (loaded with trust_remote_code=True)")
-    who.add_argument("--baseline", choices=("morgan_nn", "train_mean"), help="a baseline fitted on --train_datasets")
+    who.add_argument("--baseline", choices=tuple(BASELINES), help="a baseline fitted on --train_datasets")
     parser.add_argument("--datasets", nargs="+", required=True, help="'[format:]path' as for train_sft.py")
     parser.add_argument("--train_datasets", nargs="+", default=None, help="baselines: the training data to answer from")
     parser.add_argument("--eval_fraction", type=float, default=None, help="evaluate only the molecules train_sft.py held out")
     parser.add_argument("--max_examples", type=int, default=None)
     parser.add_argument(
-        "--task_metrics", nargs="*", default=[], help="task=family overrides, family in text/name/property/molecule/exact"
+        "--task_metrics", nargs="*", default=[], help=f"task=family overrides, family in {'/'.join(METRIC_FAMILIES)}"
     )
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=64)
@@ -460,8 +412,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     examples, skipped = load_examples(args.datasets, args.eval_fraction, args.max_examples, args.seed)
     task_metrics = parse_task_metrics(args.task_metrics)
     if args.baseline is not None:
-        from llamo.baselines import BASELINES  # imported here: llamo.baselines imports this module
-
         if not args.train_datasets:
             parser.error("--baseline needs --train_datasets")
         train_examples, train_skipped = load_examples(args.train_datasets, seed=args.seed)

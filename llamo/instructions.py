@@ -7,7 +7,7 @@ from templates written for this project; every answer is computed, never guessed
     llamo-instructions --input data/chebi20_smiles.tsv --output outputs/facts.jsonl
 
 Rows are `{"smiles", "messages", "task", "fact"}`; the molecule goes in front of the first user turn when the
-rows are loaded for training (`llamo_data.py`, format `messages`).
+rows are loaded for training (`llamo/data.py`, format `messages`).
 """
 
 from __future__ import annotations

@@ -167,10 +167,10 @@ def name_metrics(predictions: Sequence[str], references: Sequence[str], tokenize
 # Property regression
 
 
-def regression_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float | int | None]:
+def regression_metrics(predictions: Sequence[str], references: Sequence[str], tokenizer=None) -> dict[str, float | int | None]:
     """MAE over the answers that hold a number, and how many did not (counted, never dropped silently).
 
-    A reference without a number is an error in the data and raises."""
+    A reference without a number is an error in the data and raises. (`tokenizer`: unused, the families' signature.)"""
     _check_lengths(predictions, references)
     errors = []
     for prediction, reference in zip(predictions, references):
@@ -186,6 +186,8 @@ def regression_metrics(predictions: Sequence[str], references: Sequence[str]) ->
         "parsed": len(errors),
         "unparsable": unparsable,
         "unparsable_share": unparsable / len(predictions),
+        # an undertrained model answers the most common value whatever the molecule, which the MAE alone hides
+        "distinct_answer_share": len({normalize(prediction) for prediction in predictions}) / len(predictions),
     }
 
 
@@ -221,7 +223,7 @@ def fingerprint_similarities(first: Chem.Mol, second: Chem.Mol) -> dict[str, flo
     }
 
 
-def molecule_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float | int | None]:
+def molecule_metrics(predictions: Sequence[str], references: Sequence[str], tokenizer=None) -> dict[str, float | int | None]:
     """Molecule answers (reactions, text -> molecule) against reference SMILES.
 
     - `validity`: share of answers RDKit parses (every answer counts; an invalid one is a miss everywhere below);
@@ -229,7 +231,7 @@ def molecule_metrics(predictions: Sequence[str], references: Sequence[str]) -> d
       InChI equals the reference's;
     - `*_similarity`: mean fingerprint Tanimoto over the valid answers (`valid` of them), as the original reports;
     - `levenshtein`: mean edit distance between the answer and reference strings (spaces removed), over all answers.
-    A reference RDKit cannot parse is an error in the data and raises."""
+    A reference RDKit cannot parse is an error in the data and raises. (`tokenizer`: unused, the families' signature.)"""
     _check_lengths(predictions, references)
     valid, smiles_hits, inchi_hits, distance = 0, 0, 0, 0
     similarity_totals = {"maccs_similarity": 0.0, "rdk_similarity": 0.0, "morgan_similarity": 0.0}
@@ -266,10 +268,27 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> Non
         raise ValueError("no predictions to score")
 
 
-METRIC_FAMILIES = {"text": text_metrics, "name": name_metrics, "property": regression_metrics, "molecule": molecule_metrics}
+def exact_metrics(predictions: Sequence[str], references: Sequence[str], tokenizer=None) -> dict[str, float]:
+    """Any other task: the share of exact matches (`exact_match`)."""
+    _check_lengths(predictions, references)
+    return {"exact_match": sum(map(exact_match, predictions, references)) / len(predictions)}
+
+
+# Metric family -> `(predictions, references, tokenizer=None) -> {metric: value}` (`tokenizer`: the evaluated model's,
+# for metrics on its own token pieces). A new family is one such function and its entry here.
+MetricFamily = Callable[..., dict[str, float | int | None]]
+METRIC_FAMILIES: dict[str, MetricFamily] = {
+    "text": text_metrics,
+    "name": name_metrics,
+    "property": regression_metrics,
+    "molecule": molecule_metrics,
+    "exact": exact_metrics,
+}
+# Families whose tasks are also scored per question kind when they mix several (`property/homo`, `property/gap`).
+SCORED_PER_QUESTION_KIND = frozenset({"property"})
 
 __all__ = [
-    "METRIC_FAMILIES", "bleu_meteor", "ensure_wordnet", "exact_match", "fingerprint_similarities", "llm_tokenizer",
+    "METRIC_FAMILIES", "SCORED_PER_QUESTION_KIND", "bleu_meteor", "ensure_wordnet", "exact_match", "exact_metrics", "fingerprint_similarities", "llm_tokenizer",
     "molecule_metrics", "name_metrics", "normalize", "parse_molecule", "parse_number", "regression_metrics", "rouge",
     "text_metrics", "word_tokenize",
 ]  # fmt: skip

@@ -1,5 +1,5 @@
 """Make the README's demo pictures with the project's own code: the attention picture of a molecule
-(attention_llamo.py) and a screenshot of the demo app (app.py, driven in headless Chromium).
+(llamo/attention.py) and a screenshot of the demo app (app.py, driven in headless Chromium).
 
     python scripts/make_demo_images.py --model outputs/llamo-tiny [--output_dir docs/images]
 
@@ -16,14 +16,13 @@ import tempfile
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads the variable once
 
+from app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402  (its sibling in scripts/)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor  # noqa: E402
 
 from llamo.attention import attention_png  # noqa: E402
-from scripts.app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402
 
 
 def make_attention_picture(model_path: str, smiles: str, path: pathlib.Path) -> None:
@@ -55,7 +54,7 @@ def main() -> None:
     if args.model == parser.get_default("model") and not pathlib.Path(args.model).is_dir():
         sys.exit(
             f"No model at {args.model}: train it with the README's main job, or pass --model PATH_OR_HUB_ID "
-            "(random weights: python tiny_llamo.py --output_dir tiny-llamo, then --model tiny-llamo)."
+            "(random weights: llamo-tiny --output_dir tiny-llamo, then --model tiny-llamo)."
         )
 
     args.output_dir.mkdir(parents=True, exist_ok=True)

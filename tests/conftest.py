@@ -13,7 +13,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The one place that edits sys.path (tests/test_layout.py checks it): the tests import `scripts.*` from the repository
+# root, and the benchmark scripts' helpers the way those scripts see them when run (`common`, `quality.data`, ...).
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from llamo.tiny import build_tiny_llamo  # noqa: E402
 

@@ -6,16 +6,13 @@ import sys
 
 import pytest
 import torch
-from conftest import MOLECULES, ROOT
+from bench_memory import growth  # benchmarks/ is on sys.path (conftest.py)
+from bench_training import processor_collate
+from common import Target, chat_batch, interleaved_timings, text_only_inputs
+from conftest import MOLECULES
+from peak_rss import run_with_peak_rss
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_memory import growth  # noqa: E402
-from bench_training import processor_collate  # noqa: E402
-from common import Target, chat_batch, interleaved_timings, text_only_inputs  # noqa: E402
-from peak_rss import run_with_peak_rss  # noqa: E402
-
-from configuration_llamo import GRAPH_INPUT_NAMES  # noqa: E402
+from configuration_llamo import GRAPH_INPUT_NAMES
 
 
 def test_text_only_inputs_replace_every_slot_and_keep_the_length(tiny):

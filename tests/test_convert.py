@@ -506,7 +506,7 @@ def test_bf16_checkpoint_keeps_its_dtypes_and_rounds_the_lora_merge_once(tmp_pat
     # dtype=...: everything cast but the modules the model keeps in fp32
     _, folder = convert(tmp_path / "cast", base_model, original_checkpoint(base_model[1], seed=3), dtype=torch.bfloat16)
     with safe_open(folder / "model.safetensors", "pt") as weights:
-        dtypes = {key: weights.get_slice(key).get_dtype() for key in weights.keys()}
+        dtypes = {key: weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118  (safe_open: no __iter__)
     assert dtypes["model.projector.head.mlp.0.weight"] == dtypes["lm_head.weight"] == "BF16"
     assert dtypes["model.projector.head.layer_norm.weight"] == dtypes["model.graph_encoder.layers.1.conv.eps"] == "F32"
 

@@ -116,8 +116,12 @@ def test_name_metrics_exact_match():
 def test_regression_counts_unparsable_answers():
     # parsable: -0.25 vs -0.25 (0), 0.1 vs 0.12 (0.02), 0.3 vs 0.1 (0.2) -> MAE = 0.22 / 3 = 0.073333; "n/a" counted
     scores = regression_metrics(["-0.25", "about 0.1 Hartree", "n/a", "0.3"], ["-0.2500", "0.1200", "0.3000", "0.1000"])
-    assert scores == pytest.approx({"mae": 0.073333, "parsed": 3, "unparsable": 1, "unparsable_share": 0.25}, abs=1e-6)
-    assert regression_metrics(["none"], ["1.0"]) == {"mae": None, "parsed": 0, "unparsable": 1, "unparsable_share": 1.0}
+    expected = {"mae": 0.073333, "parsed": 3, "unparsable": 1, "unparsable_share": 0.25, "distinct_answer_share": 1.0}
+    assert scores == pytest.approx(expected, abs=1e-6)
+    assert regression_metrics(["0.2", "0.2", "0.2", "0.3"], ["0.1"] * 4)["distinct_answer_share"] == 0.5
+    assert regression_metrics(["none"], ["1.0"]) == {
+        "mae": None, "parsed": 0, "unparsable": 1, "unparsable_share": 1.0, "distinct_answer_share": 1.0
+    }  # fmt: skip
     assert parse_number("1e-3 Ha") == 0.001 and parse_number("inf") is None
     with pytest.raises(ValueError, match="holds no number"):
         regression_metrics(["1"], ["unknown"])

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONTRACT, ROOT, run_fresh
+from conftest import CONTRACT, run_fresh
 from huggingface_hub import ModelCard
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -121,7 +121,6 @@ def test_bad_rows_are_reported_in_the_summary(tmp_path, facts_file):
 
 KILL_AT_STEP = """
 import os, signal, sys
-sys.path.insert(0, {root!r})
 from transformers import TrainerCallback
 from train_sft import main
 
@@ -140,7 +139,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, stage1_folder, f
     train([*argv, "--output_dir", str(tmp_path / "straight")])
 
     interrupted = tmp_path / "interrupted"
-    script = KILL_AT_STEP.format(root=str(ROOT), step=4, argv=[*argv, "--output_dir", str(interrupted)])
+    script = KILL_AT_STEP.format(step=4, argv=[*argv, "--output_dir", str(interrupted)])
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (interrupted / "checkpoint-4").is_dir() and not (interrupted / "model.safetensors").exists()
@@ -155,7 +154,6 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, stage1_folder, f
 
 RANK_CHECKSUMS = """
 import sys, torch
-sys.path.insert(0, {root!r})
 from transformers import TrainerCallback
 from train_sft import main
 
@@ -172,7 +170,7 @@ def test_two_processes_with_torchrun_end_with_identical_weights(tmp_path, stage1
     argv = ["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--output_dir", str(tmp_path / "ddp"),
             "--max_steps", "3", "--save_strategy", "no", "--ddp_backend", "gloo", *FAST]  # fmt: skip
     script = tmp_path / "ddp_run.py"
-    script.write_text(RANK_CHECKSUMS.format(root=str(ROOT), out=str(tmp_path), argv=argv))
+    script.write_text(RANK_CHECKSUMS.format(out=str(tmp_path), argv=argv))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=600,

@@ -1,8 +1,8 @@
 """Deterministic train / dev splits of the shared real data (`../shared/data`), written as files the training and
-evaluation loaders read (`llamo_data` formats `caption`, `iupac`, `property`).
+evaluation loaders read (`llamo.data` formats `caption`, `iupac`, `property`).
 
 - `caption`: ChEBI-20 `validation.txt` (its test split is kept aside), divided by a hash of the canonical SMILES
-  (`llamo_data.is_held_out`, 10 % dev): one molecule is never on both sides.
+  (`llamo.data.is_held_out`, 10 % dev): one molecule is never on both sides.
 - `iupac`: PubChem `train.txt` for training, `validation.txt` as dev, minus dev molecules also in train.
 - `property`: QM9 HOMO / LUMO / gap (Hartree); molecules whose QM9 index hashes below `qm9_train_fraction` train, a
   disjoint bucket of about 130 molecules is dev, minus dev molecules also in train.
