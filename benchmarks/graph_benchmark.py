@@ -1,6 +1,6 @@
 """Does the graph matter? QM9 HOMO-LUMO gap as text, tiny LLaMo projector arms against SMILES-only, several seeds.
 
-    python benchmarks/graph_benchmark.py [--output_dir outputs/graph_benchmark] [--seeds 0 1 2] [--steps 600]
+    python benchmarks/graph_benchmark.py [--output_dir outputs/graph_benchmark] [--seeds 0 1 2] [--arms none multilevel ...]
 
 1. data      the shipped QM9 sample (`data/qm9_homo_lumo_gap.tsv`), gap questions only ("What is the HOMO-LUMO gap of
              this molecule in Hartree?" -> "0.2281"), split by molecule: `--dev_molecules` held out.
@@ -14,6 +14,9 @@
              A ridge probe on each graph model's tokens gives the ceiling of what those tokens hold about the gap.
 5. baselines Morgan nearest-neighbour retrieval and the training mean.
 6. report    `results.json` and `results.md` (mean +- sd over seeds, per arm) in `--output_dir`.
+
+Finished runs are kept in `runs.json` and skipped when the command is repeated (so an interrupted benchmark resumes);
+`--report_only` only redraws the report from them.
 """
 
 from __future__ import annotations
@@ -175,9 +178,12 @@ def report(results: dict, args) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for arm, summary in results["arms"].items():
-        lines.append(f"| {arm} | " + " | ".join(fmt(summary.get(metric), digits) for metric, digits in metrics) + " |")
+        runs = summary["mae"]["n"]
+        lines.append(f"| {arm} ({runs} seed{'s' * (runs > 1)}) | " + " | ".join(fmt(summary.get(metric), digits) for metric, digits in metrics) + " |")
     for name, baseline in results["baselines"].items():
         lines.append(f"| {name} (baseline) | {baseline['mae']:.4f} | | | | {baseline['distinct_answer_share']:.2f} | |")
+    if results["missing_runs"]:
+        lines += ["", f"Not run: {', '.join(results['missing_runs'])}."]
     return "\n".join(lines)
 
 
@@ -187,12 +193,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "outputs" / "graph_benchmark")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--steps", type=int, default=600, help="stage-2 steps per arm and seed")
-    parser.add_argument("--stage0_steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="stage-2 steps per arm and seed")
+    parser.add_argument("--stage0_steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--dev_molecules", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--report_only", action="store_true", help="summarize the runs already in --output_dir, train nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out, started = args.output_dir, time.time()
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     log("2/6 stage 0: the shared base LLM learns the training questions as text")
     base_llm = out / "tiny-llm"
-    if not (base_llm / "config.json").exists():
+    if not (base_llm / "config.json").exists() and not args.report_only:
         pretrain_base_llm(base_llm, [f"property:{paths['train']}"], args.stage0_steps, seed=0)
 
     train_y = torch.tensor([float(e.reference) for e in train_examples], dtype=torch.float64)
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in args.seeds:
         for arm in args.arms:
             key = f"{arm}/seed{seed}"
-            if key in runs:
+            if key in runs or args.report_only:
                 continue
             log(f"3-4/6 arm {arm}, seed {seed}")
             model_dir = out / "models" / f"{arm}-seed{seed}"
@@ -246,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
         if entries:
             keys = [k for k in entries[0] if all(isinstance(e.get(k), (int, float)) for e in entries)]
             arms[arm] = {k: summarize([e[k] for e in entries]) for k in keys}
+    missing = [f"{arm}/seed{seed}" for arm in args.arms for seed in args.seeds if f"{arm}/seed{seed}" not in runs]
     results = {
+        "missing_runs": missing,
         "command": "python benchmarks/graph_benchmark.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size,
         "train_questions": len(train_examples), "dev_questions": len(dev_examples),
