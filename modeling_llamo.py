@@ -8,7 +8,6 @@ Layout follows transformers' LLaVA: `LlamoModel` (graph encoder + projector + th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -230,7 +229,8 @@ class LlamoMultiLevelProjector(LlamoProjector):
         if self.use_motifs:
             init.normal_(self.motif_queries, mean=0.0, std=config.query_init_std)
         if self.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
-            init.constant_(self.query_log_scale, 0.5 * math.log(config.gnn_hidden_size // config.projector_num_heads))
+            head_dim = config.gnn_hidden_size // config.projector_num_heads
+            init.constant_(self.query_log_scale, 0.5 * torch.tensor(float(head_dim)).log().item())
 
     def forward(
         self,
