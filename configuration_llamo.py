@@ -142,6 +142,12 @@ PROJECTOR_SPECS = {
 }  # fmt: skip
 PROJECTOR_TYPES = tuple(PROJECTOR_SPECS)
 
+# projector_attention -> how the multi-level projector's learned queries attend the atoms
+PROJECTOR_ATTENTIONS = (
+    "released",  # LLaMo's code: plain cross-attention over the raw level states (exact for converted weights)
+    "normed",  # each level LayerNormed first, queries scaled by a learned per-level factor (not collapsing)
+)
+
 
 class LlamoConfig(PreTrainedConfig):
     r"""
@@ -171,6 +177,14 @@ class LlamoConfig(PreTrainedConfig):
         share_level_cross_attention (`bool`, defaults to `True`): one cross-attention shared by all levels
             (released code) instead of one per level (paper).
         query_init_std (`float`, defaults to 1.0): std of the learned queries at init (`torch.randn` originally).
+        projector_attention (`str`, defaults to `"released"`): how the multi-level projector's queries meet the atoms.
+            `"released"` is LLaMo's computation (needed for converted weights). `"normed"` LayerNorms each level's
+            atom states before the cross-attention and multiplies the queries by a learned per-level scale (initialized
+            to sqrt(head dim)): the released keys are tiny (atom embeddings at std ~0.05, GIN levels at different
+            scales), so its attention stays uniform and every query returns the same mean-pooled token.
+        graph_size_token (`bool`, defaults to `False`): the multi-level projectors add one token made from the sum
+            (not the mean) of the layer-normed last-level atom states, so the language model can see molecule size,
+            which mean-like attention pooling and the per-token LayerNorm remove.
         graph_token_id (`int`, defaults to 32000): id of the `<graph>` slot token in the tokenizer.
         initializer_range (`float`, defaults to 0.02): std of the other weights at init.
     """
@@ -194,6 +208,8 @@ class LlamoConfig(PreTrainedConfig):
     motif_tokens_first: bool = True
     share_level_cross_attention: bool = True
     query_init_std: float = 1.0
+    projector_attention: str = "released"
+    graph_size_token: bool = False
     graph_token_id: int = 32000
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
@@ -216,6 +232,10 @@ class LlamoConfig(PreTrainedConfig):
     def _check_values(self) -> None:
         if self.projector_type not in PROJECTOR_SPECS:
             raise ValueError(f"projector_type must be one of {tuple(PROJECTOR_SPECS)}, got {self.projector_type!r}")
+        if self.projector_attention not in PROJECTOR_ATTENTIONS:
+            raise ValueError(f"projector_attention must be one of {PROJECTOR_ATTENTIONS}, got {self.projector_attention!r}")
+        if self.graph_size_token and self.projector_spec.attention_levels != "all":
+            raise ValueError(f"graph_size_token is an option of the multilevel projectors, not of {self.projector_type!r}")
         if self.gnn_num_layers < 1 or self.gnn_hidden_size < 1:
             raise ValueError(
                 f"gnn_num_layers and gnn_hidden_size must be positive, got {self.gnn_num_layers} and {self.gnn_hidden_size}"
@@ -267,9 +287,12 @@ class LlamoConfig(PreTrainedConfig):
         """Graph-token slots per molecule: fixed for the query-based projectors (28 with the defaults), 0 for
         `none`, and `None` for the per-atom MLP projectors, which give one token per atom."""
         count = self.projector_spec.graph_tokens
-        return None if count is None else count(self)
+        return None if count is None else count(self) + int(self.graph_size_token)
 
 
 LlamoConfig.register_for_auto_class()
 
-__all__ = ["LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_SPECS", "PROJECTOR_TYPES", "ProjectorSpec", "num_molecules"]
+__all__ = [
+    "LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_ATTENTIONS", "PROJECTOR_SPECS",
+    "PROJECTOR_TYPES", "ProjectorSpec", "num_molecules",
+]  # fmt: skip

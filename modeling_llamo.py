@@ -347,11 +347,20 @@ class LlamoMultiLevelProjector(LlamoProjector):
             self.motif_queries = nn.Parameter(torch.empty(config.num_motif_query_tokens, hidden))
             self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
         self.head = LlamoGraphTokenHead(hidden, config)
+        # `projector_attention="normed"`: unit-scale keys per level and sharper queries (see LlamoConfig).
+        self.normed = config.projector_attention == "normed"
+        if self.normed:
+            self.level_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(self.num_levels))
+            self.query_log_scale = nn.Parameter(torch.empty(self.num_levels, 1, 1))
+        self.size_head = nn.Linear(hidden, config.text_config.hidden_size) if config.graph_size_token else None
 
     def init_projector_weights(self, config: LlamoConfig) -> None:
         init.normal_(self.level_queries, mean=0.0, std=config.query_init_std)
         if self.use_motifs:
             init.normal_(self.motif_queries, mean=0.0, std=config.query_init_std)
+        if self.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
+            head_dim = config.gnn_hidden_size // config.projector_num_heads
+            init.constant_(self.query_log_scale, 0.5 * torch.tensor(float(head_dim)).log().item())
 
     def forward(
         self,
@@ -366,6 +375,9 @@ class LlamoMultiLevelProjector(LlamoProjector):
         dense, atom_mask = to_dense_batch(torch.cat(levels, dim=-1), node_batch, batch_size=num_molecules)
         dense = dense.unflatten(-1, (self.num_levels, -1)).permute(2, 0, 1, 3)
         queries = self.level_queries[:, None].expand(-1, num_molecules, -1, -1)
+        if self.normed:
+            dense = torch.stack([norm(level) for norm, level in zip(self.level_norms, dense)])
+            queries = queries * self.query_log_scale.exp()[:, None]
 
         if len(self.level_attentions) == 1:  # shared attention: every level in a single batched call
             tokens, weights = attend_to_sets(
@@ -393,12 +405,20 @@ class LlamoMultiLevelProjector(LlamoProjector):
             parts = (motif_tokens, level_tokens) if self.motif_tokens_first else (level_tokens, motif_tokens)
             level_tokens = torch.cat(parts, dim=1)
         graph_tokens = self.head(level_tokens)
+        if self.size_head is not None:
+            graph_tokens = torch.cat([graph_tokens, self._size_token(levels[-1], node_batch, num_molecules)], dim=1)
         return LlamoGraphOutput(
             graph_features=graph_tokens.flatten(0, 1),
             node_states=levels,
             level_attentions=level_weights,
             motif_attentions=motif_weights,
         )
+
+    def _size_token(self, last_level: torch.Tensor, node_batch: torch.LongTensor, num_molecules: int) -> torch.Tensor:
+        """[B, 1, LLM width]: the sum of the layer-normed atom states, whose norm grows with the molecule."""
+        normed = F.layer_norm(last_level.float(), last_level.shape[-1:])
+        summed = normed.new_zeros(num_molecules, normed.shape[-1]).index_add_(0, node_batch, normed)
+        return self.size_head(summed.to(self.size_head.weight.dtype))[:, None]
 
     def _motif_tokens(
         self, motif_features: torch.Tensor | None, motif_batch: torch.LongTensor | None, num_molecules: int, output_attentions: bool

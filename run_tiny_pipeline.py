@@ -8,7 +8,8 @@
 3. stage 1   LLaMo is built around it; the GIN and projector learn from descriptions, the LLM frozen.
 4. stage 2   instruction tuning: projector + LoRA, GIN frozen  -> `outputs/llamo-tiny`.
 5. baseline  the same base LLM through the same stage 2 with `projector_type none` (SMILES text, no graph).
-6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE; next to
+6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE, and the graph
+             model's reliance on its graph (answer NLL with true vs shuffled / batch-mean graphs); next to
              two baselines fitted on the training questions: Morgan nearest-neighbour retrieval and the most
              common training answer (training mean for properties) of the same kind of question.
 
@@ -190,6 +191,19 @@ def with_facts_overall(tasks: dict) -> dict:
     return {"facts": overall, **tasks}
 
 
+def reliance_summary(tasks: dict) -> dict[str, dict]:
+    """Answer NLL and graph reliance of the property task and of all fact questions (weighted by size)."""
+    keys = ("answer_nll", "graph_reliance_shuffled", "graph_reliance_mean")
+    facts = [metrics for task, metrics in tasks.items() if task.startswith("facts/") and "graph_reliance_mean" in metrics]
+    summary = {}
+    if facts:
+        total = sum(m["n"] for m in facts)
+        summary["facts"] = {key: sum(m["n"] * m[key] for m in facts) / total for key in keys}
+    if "graph_reliance_mean" in tasks.get("property", {}):
+        summary["property"] = {key: tasks["property"][key] for key in keys}
+    return summary
+
+
 def markdown_table(tasks_by_model: dict[str, dict], rows: list[tuple[str, str]]) -> list[str]:
     fmt = {"exact_match": lambda v: f"{100 * v:.1f}%", "mae": lambda v: "n/a" if v is None else f"{v:.4f}",
            "unparsable_share": lambda v: f"{v:.3f}"}  # fmt: skip
@@ -211,8 +225,16 @@ def report(out: pathlib.Path, examples, results: dict, timings: dict) -> None:
         "seconds": {key: round(value, 1) for key, value in timings.items()},
         "held_out_fraction": HELD_OUT,
     }
+    summary["graph_reliance"] = reliance_summary(tasks_by_model["llamo-tiny"])
     (out / "pipeline_results.json").write_text(json.dumps(summary, indent=2))
     print("\n" + "\n".join(table))
+    print("\nGraph reliance of LLaMo (teacher-forced answer NLL, nats per answer token; the increase when each "
+          "molecule's graph is replaced):")  # fmt: skip
+    for task, entry in summary["graph_reliance"].items():
+        print(
+            f"  {task}: NLL {entry['answer_nll']:.4f} with its graph, +{entry['graph_reliance_shuffled']:.4f} with another "
+            f"molecule's graph, +{entry['graph_reliance_mean']:.4f} with the batch-mean graph"
+        )
     print("\nExact match per kind of fact:\n" + "\n".join(markdown_table(tasks_by_model, per_fact_rows)))
     print("\nSample answers (held-out molecules):")
     predictions = results["llamo-tiny"]["predictions"]

@@ -67,6 +67,12 @@ class LlamoModelArguments:
     train_input_embeddings: bool = field(
         default=False, metadata={"help": "Stage 1: also train the LLM's input embeddings (the released code does)."}
     )
+    train_graph_encoder: bool = field(
+        default=False, metadata={"help": "Stage 2: also train the GIN (frozen by default, as in LLaMo)."}
+    )
+    no_smiles_in_prompt: bool = field(
+        default=False, metadata={"help": "Show molecules as graph tokens only, without their SMILES text (saved with the processor)."}
+    )
     lora_r: int = field(default=8, metadata={"help": "Stage 2: LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "Stage 2: LoRA alpha (scale alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2: LoRA dropout."})
@@ -204,6 +210,8 @@ def set_trainable(model: LlamoForConditionalGeneration, model_args: LlamoModelAr
             model.model.graph_encoder.requires_grad_(True)
         if model_args.train_input_embeddings:
             model.get_input_embeddings().weight.requires_grad_(True)
+    elif model_args.train_graph_encoder and model.model.graph_encoder is not None:
+        model.model.graph_encoder.requires_grad_(True)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, int]:
@@ -232,10 +240,17 @@ def lora_config(model: LlamoForConditionalGeneration, model_args: LlamoModelArgu
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         target_modules=target_regex,
-        modules_to_save=["projector"] if model.model.projector is not None else None,
+        modules_to_save=modules_to_save(model, model_args),
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def modules_to_save(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> list[str] | None:
+    """Graph-side modules trained fully next to LoRA: the projector, and the GIN with --train_graph_encoder."""
+    if model.model.projector is None:
+        return None
+    return ["projector", "graph_encoder"] if model_args.train_graph_encoder else ["projector"]
 
 
 class LlamoSFTTrainer(SFTTrainer):
@@ -289,6 +304,10 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     model, processor = load_model(model_args)
     set_trainable(model, model_args)
+    if model_args.no_smiles_in_prompt:
+        if model.config.projector_type == "none":
+            raise ValueError("--no_smiles_in_prompt leaves a projector_type 'none' model nothing to read the molecule from")
+        processor.smiles_in_prompt = False
 
     with training_args.main_process_first(desc="reading and encoding the data"):
         conversations, skipped = load_mixture([DataSource.parse(spec) for spec in data_args.datasets], seed=training_args.seed)

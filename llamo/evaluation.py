@@ -9,8 +9,10 @@
 
 Data are read with the training loaders (`llamo.data`, same `[format:]path` syntax as `train_sft.py`). Writes
 `predictions.jsonl` (id, task, SMILES, prompt, reference, prediction) and `results.json` (metrics per task, rows
-skipped, settings, timings). Metrics per task family (`llamo/metrics.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
-IUPAC names -> exact match + text metrics; properties -> MAE with unparsable answers counted; molecule answers
+skipped, settings, timings; for a model also, per task, the teacher-forced answer NLL with the true graph, with the
+graphs shuffled across the batch and with the batch-mean graph, whose differences are the graph reliance). Metrics per task family (`llamo/metrics.py`): descriptions -> BLEU-2/4, METEOR, ROUGE;
+IUPAC names -> exact match + text metrics; properties -> MAE with unparsable answers counted and the share of
+distinct answers; molecule answers
 -> validity, exact match, fingerprint similarities, Levenshtein; any other task -> exact match.
 Predictions hold the reference answers: keep them out of version control when the data's text may not be shared.
 """
@@ -75,6 +77,124 @@ def generate_answers(
         prompt_length = inputs["input_ids"].shape[1]
         answers += [processor.decode(row[prompt_length:], skip_special_tokens=True).strip() for row in output]
     return answers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Graph reliance: how much the answers depend on the molecule's graph
+
+
+GRAPH_CONDITIONS = ("true", "shuffled", "mean")
+
+
+def donor_molecules(keys: Sequence[str]) -> list[int]:
+    """For each molecule of a batch, another one whose graph it gets in the `shuffled` condition: the next one (cyclically)
+    with a different key (canonical SMILES), so questions about the same molecule never swap graphs with each other.
+    A molecule keeps its own graph only when the batch holds no other molecule."""
+    donors = []
+    for index, key in enumerate(keys):
+        shifts = range(1, len(keys))
+        donors.append(next((((index + shift) % len(keys)) for shift in shifts if keys[(index + shift) % len(keys)] != key), index))
+    return donors
+
+
+def replace_graph_tokens(
+    graph_features: torch.Tensor, slots_per_molecule: torch.LongTensor, condition: str, donors: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Graph tokens [num_slots, H] (slot order, molecule by molecule) under a condition: `true` (unchanged),
+    `mean` (every molecule gets the batch mean, slot position by slot position; per-atom projectors: the mean token)
+    or `shuffled` (molecule i gets the tokens of molecule `donors[i]`, cycled or cut to its own slot count)."""
+    if condition == "true":
+        return graph_features
+    per_molecule = list(graph_features.split(slots_per_molecule.tolist()))
+    if condition == "mean":
+        if len(set(slots_per_molecule.tolist())) == 1:
+            mean = torch.stack(per_molecule).mean(0)
+            return mean.repeat(len(per_molecule), 1)
+        return graph_features.mean(0, keepdim=True).expand_as(graph_features).clone()
+    if condition == "shuffled":
+        if donors is None:
+            raise ValueError("the shuffled condition needs the donor of each molecule")
+        replaced = []
+        for own, donor in zip(per_molecule, donors):
+            tokens = per_molecule[donor]
+            replaced.append(tokens[torch.arange(own.shape[0], device=tokens.device) % tokens.shape[0]])
+        return torch.cat(replaced)
+    raise ValueError(f"unknown graph condition {condition!r}: use one of {GRAPH_CONDITIONS}")
+
+
+@torch.no_grad()
+def answer_nll(
+    model, processor, examples: Sequence[Example], batch_size: int = 16, conditions: Sequence[str] = GRAPH_CONDITIONS
+) -> dict[str, list[float]]:
+    """Teacher-forced negative log-likelihood of each reference answer (nats per answer token), once per graph
+    condition (`replace_graph_tokens`). A model without a projector gets the `true` condition only."""
+    from llamo.data import LlamoDataCollator, encode_conversation  # the training encoding: same labels as training
+
+    projector = getattr(model.model, "projector", None)
+    conditions = [c for c in conditions if c == "true" or projector is not None]
+    collator = LlamoDataCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    state = {"condition": "true", "donors": None}
+
+    def hook(module, inputs, output):
+        node_batch, num_molecules = inputs[1], inputs[2]
+        tokens = model.config.num_graph_tokens
+        slots = torch.bincount(node_batch, minlength=num_molecules) if tokens is None else torch.full((num_molecules,), tokens)
+        output.graph_features = replace_graph_tokens(output.graph_features, slots, state["condition"], state["donors"])
+        return output
+
+    handle = projector.register_forward_hook(hook) if projector is not None else None
+    model.eval()
+    nll = {condition: [] for condition in conditions}
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            rows = []
+            for example in batch:
+                messages = [*example.messages, {"role": "assistant", "content": example.reference}]
+                row = encode_conversation(example.smiles, messages, processor, max_length=None)
+                if row["skip_reason"]:
+                    raise ValueError(f"example {example.id} cannot be encoded: {row['skip_detail']}")
+                rows.append(row)
+            inputs = collator(rows)
+            labels = inputs.pop("labels")
+            state["donors"] = donor_molecules([_canonical_key(s) for example in batch for s in example.smiles])
+            targets, mask = labels[:, 1:], labels[:, 1:] != -100
+            for condition in conditions:
+                state["condition"] = condition
+                logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[:, :-1].float().cpu()
+                token_nll = torch.nn.functional.cross_entropy(
+                    logits.transpose(1, 2), targets.clamp(min=0), reduction="none"
+                )
+                per_example = (token_nll * mask).sum(1) / mask.sum(1)
+                nll[condition] += per_example.tolist()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return nll
+
+
+def _canonical_key(smiles: str) -> str:
+    from llamo.data import _canonical
+
+    return _canonical(smiles)
+
+
+def graph_reliance(model, processor, examples: Sequence[Example], batch_size: int = 16) -> dict[str, dict]:
+    """Per task: mean answer NLL with the true graph, with graphs shuffled across the batch and with the batch-mean
+    graph; `graph_reliance_shuffled` / `graph_reliance_mean` are the increases over the true graph (nats per answer
+    token). About 0 means the answers do not depend on the graph; a model without a graph gets `answer_nll` only."""
+    nll = answer_nll(model, processor, examples, batch_size)
+    results = {}
+    for task in sorted({example.task for example in examples}):
+        rows = [index for index, example in enumerate(examples) if example.task == task]
+        mean = {condition: sum(values[i] for i in rows) / len(rows) for condition, values in nll.items()}
+        entry = {"answer_nll": mean["true"]}
+        for condition in ("shuffled", "mean"):
+            if condition in mean:
+                entry[f"answer_nll_{condition}_graph"] = mean[condition]
+                entry[f"graph_reliance_{condition}"] = mean[condition] - mean["true"]
+        results[task] = entry
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,20 +320,43 @@ def evaluate(
     output_dir: pathlib.Path | None = None,
     task_metrics: dict[str, str] | None = None,
     device: str | None = None,
+    reliance: bool = True,
     **generation,
 ) -> dict:
-    """Load through the public contract, generate, score, and write predictions + results when `output_dir` is set."""
+    """Load through the public contract, generate, score, and write predictions + results when `output_dir` is set.
+    With `reliance` each task also gets the teacher-forced answer NLL and the graph reliance (`graph_reliance`)."""
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     started = time.time()
     predictions = generate_answers(model, processor, examples, **generation)
     seconds = time.time() - started
-    return finish(
-        str(model_path), examples, predictions, output_dir, tokenizer=processor.tokenizer, processor=processor,
+    reliance_info = {}
+    if reliance:
+        tick = time.time()
+        reliance_info = {
+            "graph_reliance": graph_reliance(model, processor, examples, batch_size=generation.get("batch_size", 16)),
+            "graph_reliance_seconds": round(time.time() - tick, 2),
+        }
+    results = finish(
+        str(model_path), examples, predictions, None, tokenizer=processor.tokenizer, processor=processor,
         task_metrics=task_metrics, kind="model", generation={"do_sample": False, "num_beams": 1, **generation},
         generate_seconds=round(seconds, 2), examples_per_second=round(len(examples) / seconds, 2),
     )  # fmt: skip
+    for task, entry in reliance_info.get("graph_reliance", {}).items():
+        results["tasks"][task].update(entry)
+    if reliance:
+        results["graph_reliance_seconds"] = reliance_info["graph_reliance_seconds"]
+    if output_dir is not None:
+        write_results(output_dir, results, examples, predictions, processor)
+    return results
+
+
+def write_results(output_dir: pathlib.Path, results: dict, examples, predictions, processor=None, extras=None) -> None:
+    """`predictions.jsonl` and `results.json` (without the predictions list) in `output_dir`."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(output_dir / "predictions.jsonl", examples, predictions, processor, extras)
+    (output_dir / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "predictions"}, indent=2))
 
 
 def evaluate_baseline(
@@ -284,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no_graph_reliance", action="store_true", help="skip the teacher-forced answer NLL with true / shuffled / mean graphs"
+    )
     parser.add_argument("--output_dir", type=pathlib.Path, required=True)
     parser.add_argument(
         "--update_model_card", action="store_true", help="--model folder: add the results to its README.md (model-index + table)"
@@ -308,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results = evaluate(
             args.model, examples, args.output_dir, task_metrics=task_metrics, device=args.device,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+            reliance=not args.no_graph_reliance,
         )  # fmt: skip
     results.pop("predictions")
     results.update(datasets=args.datasets, rows_skipped=skipped)

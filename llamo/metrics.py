@@ -219,6 +219,8 @@ def regression_metrics(predictions: Sequence[str], references: Sequence[str], to
         "unparsable": unparsable,
         "unparsable_share": unparsable / scored if scored else None,
         "invalid_references": len(references) - scored,
+        # an undertrained model answers the most common value whatever the molecule, which the MAE alone hides
+        "distinct_answer_share": len({normalize(prediction) for prediction in predictions}) / len(predictions) if predictions else None,
     }
 
 

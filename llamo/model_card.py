@@ -171,9 +171,10 @@ def card_info(model, model_args, data_args, training_args, summary, trainer) -> 
     """The card's fields, from the run: model, arguments, data, summary, the trainer's log (held-out loss)."""
     config = model.config
     language_model = config.text_config._name_or_path or "tiny Llama (llamo/tiny.py)"
-    trained = {1: "GIN + projector" + (" + LLM input embeddings" if model_args.train_input_embeddings else ""), 2: "projector + LoRA"}
+    stage2 = ("GIN + " if getattr(model_args, "train_graph_encoder", False) else "") + "projector + LoRA"
+    trained = {1: "GIN + projector" + (" + LLM input embeddings" if model_args.train_input_embeddings else ""), 2: stage2}
     if getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False):
-        trained[2] = "projector + LoRA over a " + ("4-bit" if model_args.load_in_4bit else "8-bit") + " language model (QLoRA)"
+        trained[2] = stage2 + " over a " + ("4-bit" if model_args.load_in_4bit else "8-bit") + " language model (QLoRA)"
     sources = [DataSource.parse(spec) for spec in data_args.datasets]
     adapter = model_args.stage == 2 and model_args.keep_adapter
     init_from = model_args.init_from

@@ -45,7 +45,7 @@ def test_score_picks_the_metrics_of_each_task_family():
     # property: |-0.2 - -0.25| = 0.05 and |0.25 - 0.2| = 0.05 parse, "no idea" does not -> MAE 0.05, 1 of 3 unparsable
     assert results["property"]["mae"] == pytest.approx(0.05) and results["property"]["unparsable"] == 1
     assert results["property"]["by_property"]["gap"] == pytest.approx(
-        {"n": 2, "mae": 0.05, "parsed": 1, "unparsable": 1, "unparsable_share": 0.5, "invalid_references": 0}
+        {"n": 2, "mae": 0.05, "parsed": 1, "unparsable": 1, "unparsable_share": 0.5, "invalid_references": 0, "distinct_answer_share": 1.0}
     )
     # the ester written from the other end is the same molecule
     assert results["forward_reaction"]["exact_match_inchi"] == 1 and results["forward_reaction"]["exact_match"] == 0
