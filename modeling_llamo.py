@@ -352,7 +352,7 @@ class LlamoMultiLevelProjector(LlamoProjector):
         if self.normed:
             self.level_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(self.num_levels))
             self.query_log_scale = nn.Parameter(torch.empty(self.num_levels, 1, 1))
-        self.size_head = nn.Linear(hidden, config.text_config.hidden_size) if config.graph_size_token else None
+        self.size_head = nn.Linear(hidden, config.text_embedding_size) if config.graph_size_token else None
 
     def init_projector_weights(self, config: LlamoConfig) -> None:
         init.normal_(self.level_queries, mean=0.0, std=config.query_init_std)

@@ -41,6 +41,7 @@ from llamo.model_card import card_info, write_model_card
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 from llamo.saving import refuse_unsupported_engines, save_final_model
+from llamo.timing import StepTimer
 from llamo.tiny import build_tiny_llamo
 from llamo.builder import build_llamo, lora_target_regex
 from llamo.checkpoints import resolve_resume
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if len(train_dataset) == 0:
         raise ValueError(f"no usable training example; skipped rows: {skipped.lines()}")
 
+    timer = StepTimer()  # step time, tokens/s, peak GPU memory -> training_summary.json
     trainer = LlamoSFTTrainer(
         model=model,
         args=training_args,
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         data_collator=LlamoDataCollator(pad_token_id=processor.tokenizer.pad_token_id),
         processing_class=processor,
         peft_config=lora_config(model, model_args) if model_args.stage == 2 else None,
-        callbacks=callbacks,
+        callbacks=[timer, *(callbacks or [])],
     )
     trainable = trainable_parameters(trainer.model)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
@@ -365,6 +367,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         "model_arguments": asdict(model_args),
         "datasets": data_args.datasets,
         "log_history": trainer.state.log_history,
+        "timing": timer.report(),
     }
     trainer.card_info = card_info(model, model_args, data_args, training_args, summary, trainer)
     if trainer.is_world_process_zero():

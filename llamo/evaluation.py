@@ -174,9 +174,15 @@ def answer_nll(
 
 
 def _canonical_key(smiles: str) -> str:
-    from llamo.data import _canonical
+    """One key per molecule, however it is written (the input itself when it does not parse)."""
+    from rdkit import Chem
 
-    return _canonical(smiles)
+    from featurization_llamo import parse_smiles
+
+    try:
+        return Chem.MolToSmiles(parse_smiles(smiles))
+    except ValueError:
+        return smiles
 
 
 def graph_reliance(model, processor, examples: Sequence[Example], batch_size: int = 16) -> dict[str, dict]:

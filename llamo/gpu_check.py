@@ -16,58 +16,20 @@ import csv
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llamo.timing import peak_gpu_memory, synchronize
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # TinyLlama-1.1B's shape: 22 layers of width 2048, grouped-query attention (32 heads, 4 key/value heads).
 BILLION_CONFIG = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4)
 TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-
-
-class StepTimer(TrainerCallback):
-    """Wall time of each optimizer step (the GPU synchronized), and the tokens trained on (SFTTrainer's `num_tokens`)."""
-
-    def __init__(self):
-        self.durations: list[float] = []
-        self.num_tokens = 0.0
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        synchronize()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        synchronize()
-        self.durations.append(time.perf_counter() - self._start)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.num_tokens = max(self.num_tokens, float((logs or {}).get("num_tokens", 0.0)))
-
-    def report(self, name: str) -> dict:
-        measured = self.durations[1:] or self.durations  # the first step pays for warm-up
-        step = statistics.median(measured)
-        tokens_per_step = self.num_tokens / max(len(self.durations), 1)
-        return {"run": name, "steps": len(self.durations), "step_s": step, "tokens_per_s": tokens_per_step / step, **memory()}
-
-
-def synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def memory() -> dict:
-    if not torch.cuda.is_available():
-        return {"peak_gpu_memory_gib": None}
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    torch.cuda.reset_peak_memory_stats()
-    return {"peak_gpu_memory_gib": round(peak, 2)}
 
 
 def print_result(result: dict) -> None:
@@ -119,19 +81,18 @@ def training_argv(args, stage: int, output_dir: pathlib.Path, attention: str, so
     ]  # fmt: skip
 
 
-def run_stage(argv: list[str], name: str) -> dict:
-    from train_sft import main as train
-
-    timer = StepTimer()
-    memory()  # reset the peak
-    train(argv, callbacks=[timer])
-    result = timer.report(name)
+def run_stage(argv: list[str], name: str, launcher: list[str] | None = None, env: dict | None = None) -> dict:
+    """One `train_sft.py` run in its own process (as a user runs it); its timing from `training_summary.json`."""
+    output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
+    command = [*(launcher or [sys.executable]), "-m", "train_sft", *argv]
+    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    result = {"run": name, **json.loads((output_dir / "training_summary.json").read_text())["timing"]}
     print_result(result)
     return result
 
 
 def run_zero2(args, stage1: pathlib.Path) -> dict:
-    """Stage 2 under DeepSpeed ZeRO-2 on one process (one GPU), through accelerate launch, timed in the worker."""
+    """Stage 2 under DeepSpeed ZeRO-2 on one process (one GPU), through accelerate launch."""
     ds_config = args.output_dir / "zero2.json"
     ds_config.write_text(json.dumps({
         "zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
@@ -143,15 +104,10 @@ def run_zero2(args, stage1: pathlib.Path) -> dict:
         f"deepspeed_config:\n  deepspeed_config_file: {ds_config}\n  zero3_init_flag: false\n"
         "num_machines: 1\nnum_processes: 1\nmachine_rank: 0\nrdzv_backend: static\nsame_network: true\nuse_cpu: false\n"
     )
-    result_file = args.output_dir / "zero2_result.json"
     argv = training_argv(args, 2, args.output_dir / "stage2-zero2", "sdpa", ["--init_from", str(stage1)])
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
-               "-m", "llamo.gpu_check", "--worker", str(result_file), "--", *argv]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    if args.cpu:
-        env["DS_ACCELERATOR"] = "cpu"
-    subprocess.run(command, check=True, env=env, cwd=ROOT)  # the worker prints its line
-    return json.loads(result_file.read_text())
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"} if args.cpu else None
+    return run_stage(argv, "stage 2, DeepSpeed ZeRO-2", launcher=launcher, env=env)
 
 
 def generation_check(args, folder: pathlib.Path, batch_size: int = 8, new_tokens: int = 64) -> dict:
@@ -172,7 +128,7 @@ def generation_check(args, folder: pathlib.Path, batch_size: int = 8, new_tokens
     inputs = processor.apply_chat_template(
         conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True
     ).to(device)
-    memory()
+    peak_gpu_memory()  # reset the peak
     durations = []
     for _ in range(2):  # the first call warms up kernels
         synchronize()
@@ -183,7 +139,7 @@ def generation_check(args, folder: pathlib.Path, batch_size: int = 8, new_tokens
         durations.append(time.perf_counter() - start)
     generated = (output.shape[1] - inputs["input_ids"].shape[1]) * batch_size
     result = {"run": f"generate batch {batch_size}", "steps": new_tokens, "step_s": durations[-1] / new_tokens,
-              "tokens_per_s": generated / durations[-1], **memory()}  # fmt: skip
+              "tokens_per_s": generated / durations[-1], **peak_gpu_memory()}  # fmt: skip
     print_result(result)
     return result
 
@@ -197,13 +153,6 @@ def attention_implementations(cpu: bool) -> list[str]:
     return found
 
 
-def worker(result_file: str, argv: list[str]) -> None:
-    """Inside `accelerate launch`: one timed train_sft run, the result written by rank 0."""
-    result = run_stage(argv, "stage 2, DeepSpeed ZeRO-2")
-    if int(os.environ.get("RANK", "0")) == 0:
-        pathlib.Path(result_file).write_text(json.dumps(result))
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="run on the CPU in fp32 (with --tiny: the smoke test)")
@@ -212,11 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per training run (default 30; 2 with --tiny)")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--skip_zero2", action="store_true", help="leave out the DeepSpeed run")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args, rest = parser.parse_known_args(argv)
-    if args.worker is not None:
-        worker(args.worker, [word for word in rest if word != "--"])
-        return []
+    args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no GPU found: run on a GPU machine, or pass --cpu --tiny for the CPU smoke run")
     args.steps = args.steps or (2 if args.tiny else 30)
