@@ -11,7 +11,17 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # Column vocabularies of the OGB molecule schema (= ogb.utils.features.get_{atom,bond}_feature_dims()) and the size
 # of a functional-group descriptor: what `featurization_llamo` produces and the defaults of `LlamoConfig`.
-ATOM_FEATURE_VOCAB_SIZES = (119, 5, 12, 12, 10, 6, 6, 2, 2)  # atomic number, chirality, degree, charge, #H, radicals, hybridization, aromatic, ring
+ATOM_FEATURE_VOCAB_SIZES = (
+    119,
+    5,
+    12,
+    12,
+    10,
+    6,
+    6,
+    2,
+    2,
+)  # atomic number, chirality, degree, charge, #H, radicals, hybridization, aromatic, ring
 BOND_FEATURE_VOCAB_SIZES = (5, 6, 2)  # bond type, stereo, conjugated
 MOTIF_FEATURE_SIZE = 73
 
@@ -91,6 +101,7 @@ AUTO_MAP = {
 CUSTOM_PIPELINES = {
     "molecule-text-to-text": {"impl": "pipeline_llamo.LlamoPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
 }
+
 
 @dataclass(frozen=True)
 class ProjectorSpec:

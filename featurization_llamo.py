@@ -12,7 +12,6 @@ model's forward only ever sees the integer / float tensors produced here.
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -73,7 +72,12 @@ _BOND_STEREO_INDEX = {
 
 # Motif descriptor layout: (name, number of one-hot buckets); the last bucket of a count collects overflow.
 _MOTIF_COUNT_BLOCKS = (("C", 11), ("O", 6), ("N", 6), ("P", 6), ("S", 6))
-_MOTIF_BOND_BLOCKS = ((Chem.BondType.SINGLE, 11), (Chem.BondType.DOUBLE, 8), (Chem.BondType.TRIPLE, 8), (Chem.BondType.AROMATIC, 8))
+_MOTIF_BOND_BLOCKS = (
+    (Chem.BondType.SINGLE, 11),
+    (Chem.BondType.DOUBLE, 8),
+    (Chem.BondType.TRIPLE, 8),
+    (Chem.BondType.AROMATIC, 8),
+)
 _HALOGENS = frozenset({9, 17, 35, 53})
 _COUNTED_ELEMENTS = {6: "C", 8: "O", 7: "N", 15: "P", 16: "S"}
 # Atoms that start a functional group: heteroatoms, atoms of double/triple bonds, acetal-like carbons. This is the
@@ -96,7 +100,9 @@ class MoleculeGraph:
         counts = {"node": self.num_atoms, "edge": self.edge_index.shape[1], "motif": self.num_motifs}
         # `graph_<field>` is this class's `<field>`; the batch vectors are all zeros here.
         return {
-            spec.name: np.zeros(counts[spec.element], dtype=np.int64) if spec.kind == "batch" else getattr(self, spec.name[len("graph_") :])
+            spec.name: np.zeros(counts[spec.element], dtype=np.int64)
+            if spec.kind == "batch"
+            else getattr(self, spec.name[len("graph_") :])
             for spec in GRAPH_INPUTS
         }
 

@@ -53,7 +53,9 @@ logger = logging.get_logger(__name__)
 # transformers 5.24 renamed the KV-cache argument `past_key_values` to `cache` (generate, the base models and
 # `prepare_inputs_for_generation`); the floor, 5.20, still uses the old name. LLaMo accepts both and hands the
 # cache on under the name this transformers uses, so a given cache is never dropped silently.
-CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+CACHE_ARGUMENT = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+)
 
 
 def deprecate_old_cache_name(forward):
@@ -176,7 +178,10 @@ class LlamoGINLayer(nn.Module):
         hidden = config.gnn_hidden_size
         self.bond_embedding = LlamoCategoricalEmbedding(config.bond_feature_vocab_sizes, hidden)
         mlp = nn.Sequential(
-            nn.Linear(hidden, 2 * hidden), BatchNorm(2 * hidden, allow_single_element=True), nn.ReLU(), nn.Linear(2 * hidden, hidden)
+            nn.Linear(hidden, 2 * hidden),
+            BatchNorm(2 * hidden, allow_single_element=True),
+            nn.ReLU(),
+            nn.Linear(2 * hidden, hidden),
         )
         # PyG's GINEConv re-initializes `mlp` in its constructor; under DeepSpeed ZeRO-3's `zero.Init` its parameters
         # are already partitioned (empty) by then, so they are gathered for it.
@@ -245,7 +250,11 @@ class LlamoGraphTokenHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         normed = F.layer_norm(
-            tokens.float(), self.layer_norm.normalized_shape, self.layer_norm.weight.float(), self.layer_norm.bias.float(), self.layer_norm.eps
+            tokens.float(),
+            self.layer_norm.normalized_shape,
+            self.layer_norm.weight.float(),
+            self.layer_norm.bias.float(),
+            self.layer_norm.eps,
         )
         return self.mlp(normed.to(self.mlp[0].weight.dtype))
 
@@ -421,7 +430,11 @@ class LlamoMultiLevelProjector(LlamoProjector):
         return self.size_head(summed.to(self.size_head.weight.dtype))[:, None]
 
     def _motif_tokens(
-        self, motif_features: torch.Tensor | None, motif_batch: torch.LongTensor | None, num_molecules: int, output_attentions: bool
+        self,
+        motif_features: torch.Tensor | None,
+        motif_batch: torch.LongTensor | None,
+        num_molecules: int,
+        output_attentions: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if motif_features is None or motif_batch is None:
             raise ValueError(
@@ -492,7 +505,9 @@ def build_projector(config: LlamoConfig) -> LlamoProjector | None:
     if not config.uses_graph:
         return None
     if config.projector_type not in PROJECTORS:
-        raise ValueError(f"projector_type {config.projector_type!r} has no implementation in PROJECTORS ({', '.join(PROJECTORS)})")
+        raise ValueError(
+            f"projector_type {config.projector_type!r} has no implementation in PROJECTORS ({', '.join(PROJECTORS)})"
+        )
     return PROJECTORS[config.projector_type](config)
 
 
@@ -541,7 +556,13 @@ def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index
     return selected
 
 
-_INTEGER_GRAPH_INPUTS = ("graph_node_features", "graph_edge_index", "graph_edge_features", "graph_node_batch", "graph_motif_batch")
+_INTEGER_GRAPH_INPUTS = (
+    "graph_node_features",
+    "graph_edge_index",
+    "graph_edge_features",
+    "graph_node_batch",
+    "graph_motif_batch",
+)
 _GRAPH_INPUT_SHAPES = {
     "graph_node_features": "(num_atoms, 9)", "graph_edge_index": "(2, num_edges)", "graph_edge_features": "(num_edges, 3)",
     "graph_node_batch": "(num_atoms,)", "graph_motif_features": "(num_motifs, 73)", "graph_motif_batch": "(num_motifs,)",
@@ -627,13 +648,19 @@ def check_graph_inputs(
                     f"the feature's vocabulary 0..{vocab_sizes[column] - 1}"
                 )
     if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_atoms):
-        raise ValueError(f"graph_edge_index must index the {num_atoms} atoms, got values {int(edge_index.min())}..{int(edge_index.max())}")
+        raise ValueError(
+            f"graph_edge_index must index the {num_atoms} atoms, got values {int(edge_index.min())}..{int(edge_index.max())}"
+        )
     if "graph_motif_features" in given:
         motif_batch = given["graph_motif_batch"]
         if motif_batch.numel() and (
-            int(motif_batch.min()) < 0 or int(motif_batch.max()) >= num_molecules or bool((motif_batch[1:] < motif_batch[:-1]).any())
+            int(motif_batch.min()) < 0
+            or int(motif_batch.max()) >= num_molecules
+            or bool((motif_batch[1:] < motif_batch[:-1]).any())
         ):
-            raise ValueError(f"graph_motif_batch must be sorted molecule indices below {num_molecules}, got {motif_batch[:12].tolist()}...")
+            raise ValueError(
+                f"graph_motif_batch must be sorted molecule indices below {num_molecules}, got {motif_batch[:12].tolist()}..."
+            )
         if not bool(torch.isfinite(given["graph_motif_features"]).all()):
             raise ValueError("graph_motif_features hold NaN or infinite values")
 
@@ -990,7 +1017,9 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
                     assistant_kwargs.pop(name, None)
         return generator
 
-    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+    def _expand_inputs_for_generation(
+        self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs
+    ):
         """Beam search / several return sequences: repeat each sample's molecules along with the sample."""
         graph_inputs = {name: model_kwargs.pop(name) for name in GRAPH_INPUT_NAMES if model_kwargs.get(name) is not None}
         if graph_inputs and expand_size > 1:

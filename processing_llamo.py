@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rdkit import Chem
 from transformers import BatchFeature, ProcessorMixin
@@ -60,6 +60,7 @@ DEFAULT_CHAT_TEMPLATE = (
 # sha256 of the default templates of earlier LLaMo releases (saved next to their weights), which read string
 # content only (`message['content'] | trim`): the processor joins content items into a string for them.
 LEGACY_CHAT_TEMPLATE_SHA256 = frozenset({"ad29bff63575105b696a380bc9d9509493f5bbb3a4fb6a9fc639d520e8557d79"})
+
 
 class LlamoProcessor(ProcessorMixin):
     r"""
@@ -274,7 +275,9 @@ class LlamoProcessor(ProcessorMixin):
                 data["offset_mapping"].append(filler + offsets if left else offsets + filler)
         return data
 
-    def _tokenize_piece(self, text: str, start: int, end: int, ids: list, offsets: list, with_offsets: bool, kwargs: dict) -> None:
+    def _tokenize_piece(
+        self, text: str, start: int, end: int, ids: list, offsets: list, with_offsets: bool, kwargs: dict
+    ) -> None:
         """Tokenize `text[start:end]`, stripped, without special tokens; append its ids and absolute offsets."""
         piece = text[start:end]
         stripped = piece.strip()
@@ -361,8 +364,10 @@ class LlamoProcessor(ProcessorMixin):
         renders what the tokenizer would render for that text; when tokenizing, the SMILES are featurized.
         Templates that read string content only (those saved by earlier LLaMo releases, and most LLMs' own:
         `reads_typed_content`) get the items joined with spaces first, as those releases did."""
-        batched = isinstance(conversation, (list, tuple)) and bool(conversation) and (
-            isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+        batched = (
+            isinstance(conversation, (list, tuple))
+            and bool(conversation)
+            and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages"))
         )
         conversations = conversation if batched else [conversation]
         template = chat_template if chat_template is not None else self.chat_template
@@ -371,7 +376,9 @@ class LlamoProcessor(ProcessorMixin):
         for messages in conversations:
             molecules: list[str] = []
             messages = plain_data(getattr(messages, "messages", messages))
-            rendered.append([self._message_with_placeholders(message, index, molecules, join_items) for index, message in enumerate(messages)])
+            rendered.append(
+                [self._message_with_placeholders(message, index, molecules, join_items) for index, message in enumerate(messages)]
+            )
             smiles.append(molecules)
         if kwargs.get("tokenize", False):
             processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})

@@ -27,12 +27,12 @@ import subprocess
 import sys
 import time
 
-from llamo.baselines import MorganRetrieval, TrainMean
-from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
 from featurization_llamo import parse_smiles
-from llamo.data import DataSource, is_held_out, load_source, split_by_molecule
-from llamo.instructions import generate_examples, read_smiles_column
 from llamo.base_llm import HELD_OUT, pretrain_base_llm
+from llamo.baselines import MorganRetrieval, TrainMean
+from llamo.data import DataSource, is_held_out, load_source, split_by_molecule
+from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
+from llamo.instructions import generate_examples, read_smiles_column
 from llamo.tiny import TINY_GRAPH_CONFIG
 
 

@@ -35,16 +35,16 @@ from transformers.pytorch_utils import Conv1D
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
-from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.builder import build_llamo, lora_target_regex
+from llamo.checkpoints import resolve_resume
 from llamo.cli import check_model_path
+from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from llamo.model_card import card_info, write_model_card
-from modeling_llamo import LlamoForConditionalGeneration
-from processing_llamo import LlamoProcessor
 from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.timing import StepTimer
 from llamo.tiny import build_tiny_llamo
-from llamo.builder import build_llamo, lora_target_regex
-from llamo.checkpoints import resolve_resume
+from modeling_llamo import LlamoForConditionalGeneration
+from processing_llamo import LlamoProcessor
 
 
 @dataclass
@@ -63,7 +63,10 @@ class LlamoModelArguments:
     )
     dtype: str = field(default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16, float16."})
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "Attention kernel of the language model: sdpa, flash_attention_2, eager (default: transformers' choice)."}
+        default=None,
+        metadata={
+            "help": "Attention kernel of the language model: sdpa, flash_attention_2, eager (default: transformers' choice)."
+        },
     )
     train_input_embeddings: bool = field(
         default=False, metadata={"help": "Stage 1: also train the LLM's input embeddings (the released code does)."}
@@ -72,7 +75,8 @@ class LlamoModelArguments:
         default=False, metadata={"help": "Stage 2: also train the GIN (frozen by default, as in LLaMo)."}
     )
     no_smiles_in_prompt: bool = field(
-        default=False, metadata={"help": "Show molecules as graph tokens only, without their SMILES text (saved with the processor)."}
+        default=False,
+        metadata={"help": "Show molecules as graph tokens only, without their SMILES text (saved with the processor)."},
     )
     lora_r: int = field(default=8, metadata={"help": "Stage 2: LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "Stage 2: LoRA alpha (scale alpha / r)."})
@@ -87,7 +91,9 @@ class LlamoModelArguments:
     keep_adapter: bool = field(default=False, metadata={"help": "Stage 2: save a PEFT adapter instead of merged weights."})
     # QLoRA, with TRL's ModelConfig flag names: only the language model is quantized (modeling_llamo declares the
     # GIN and projector as modules to keep unquantized).
-    load_in_4bit: bool = field(default=False, metadata={"help": "Stage 2 (QLoRA): load the language model in 4-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "Stage 2 (QLoRA): load the language model in 4-bit (bitsandbytes)."}
+    )
     load_in_8bit: bool = field(default=False, metadata={"help": "Stage 2: load the language model in 8-bit (bitsandbytes)."})
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantization type: nf4 or fp4."})
     use_bnb_nested_quant: bool = field(default=False, metadata={"help": "4-bit: also quantize the quantization constants."})
@@ -187,7 +193,9 @@ def quantization_config(model_args: LlamoModelArguments) -> BitsAndBytesConfig |
     if model_args.load_in_4bit and model_args.load_in_8bit:
         raise ValueError("pass one of --load_in_4bit and --load_in_8bit")
     if model_args.stage != 2 or model_args.init_from is None or not model_args.keep_adapter:
-        raise ValueError("quantized training (QLoRA) is stage 2 over a stage-1 folder: pass --stage 2 --init_from FOLDER --keep_adapter")
+        raise ValueError(
+            "quantized training (QLoRA) is stage 2 over a stage-1 folder: pass --stage 2 --init_from FOLDER --keep_adapter"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--load_in_4bit / --load_in_8bit need bitsandbytes: pip install bitsandbytes")
     if model_args.load_in_8bit:
@@ -280,7 +288,11 @@ def default_arguments(parser: TrlParser) -> None:
     if not torch.cuda.is_available():
         # `use_cpu` is also what makes torchrun / accelerate launch use gloo DDP on CPUs. transformers >= 5.2x
         # renamed gradient checkpointing to activation checkpointing (the old name warns).
-        checkpointing = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else "gradient_checkpointing"
+        checkpointing = (
+            "activation_checkpointing"
+            if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+            else "gradient_checkpointing"
+        )
         parser.set_defaults(use_cpu=True, bf16=False, **{checkpointing: False})
     # Evaluation reports the loss; keeping every batch's logits for metrics is slow and unused here.
     parser.set_defaults(report_to="none", max_length=1024, save_total_limit=2, prediction_loss_only=True)
@@ -316,7 +328,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if data_args.eval_fraction > 0:
             conversations, eval_conversations = split_by_molecule(conversations, data_args.eval_fraction)
         if data_args.eval_datasets:
-            eval_conversations, eval_skipped = load_mixture([DataSource.parse(s) for s in data_args.eval_datasets], seed=training_args.seed)
+            eval_conversations, eval_skipped = load_mixture(
+                [DataSource.parse(s) for s in data_args.eval_datasets], seed=training_args.seed
+            )
             skipped.update(eval_skipped)
         if data_args.max_train_samples is not None:
             conversations = conversations.select(range(min(data_args.max_train_samples, len(conversations))))
@@ -324,7 +338,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         skipped.update(encode_skipped)
         eval_dataset = None
         if eval_conversations is not None and len(eval_conversations) and training_args.eval_strategy != "no":
-            eval_dataset, eval_skipped = encode_dataset(eval_conversations, processor, training_args.max_length, data_args.num_proc)
+            eval_dataset, eval_skipped = encode_dataset(
+                eval_conversations, processor, training_args.max_length, data_args.num_proc
+            )
             skipped.update(eval_skipped)
     if len(train_dataset) == 0:
         raise ValueError(f"no usable training example; skipped rows: {skipped.lines()}")

@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> list[Target]:
     parser.add_argument("--chunk_size", type=int, default=50)
     parser.add_argument("--num_molecules", type=int, default=2000)
     parser.add_argument("--baseline_rev", default=None, help="git revision whose featurization_llamo.py runs alongside")
-    parser.add_argument("--profile", action="store_true", help="instead: pyinstrument profile of the LLaMo path (and the baseline)")
+    parser.add_argument(
+        "--profile", action="store_true", help="instead: pyinstrument profile of the LLaMo path (and the baseline)"
+    )
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args)
@@ -116,7 +118,10 @@ def main(argv: list[str] | None = None) -> list[Target]:
     valid = [text for text in smiles if Chem.MolFromSmiles(text) is not None and text.strip()]
     baseline = load_featurization_at(args.baseline_rev) if args.baseline_rev else None
 
-    print_header("Featurization: molecules per second, one process", "python benchmarks/bench_featurization.py " + " ".join(argv or sys.argv[1:]))
+    print_header(
+        "Featurization: molecules per second, one process",
+        "python benchmarks/bench_featurization.py " + " ".join(argv or sys.argv[1:]),
+    )
     print(f"data: {source}; {len(valid)} of {len(smiles)} SMILES parse and are used")
     print(f"{args.repeats} repeats, methods interleaved every {args.chunk_size} molecules; medians over repeats\n")
     if args.baseline_rev and baseline is None:

@@ -22,7 +22,6 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from common import (
     Target,
     add_thread_argument,
-    set_threads,
     bare_language_model,
     build_small_llamo,
     chat_batch,
@@ -32,6 +31,7 @@ from common import (
     median_ratio,
     print_header,
     print_targets,
+    set_threads,
     text_only_inputs,
 )
 
@@ -84,7 +84,14 @@ def decode_step_fn(model, inputs: dict, steps: int = 16):
     def run(_chunk=None):
         with torch.inference_mode():
             for _ in range(steps):
-                model(input_ids=token, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache})
+                model(
+                    input_ids=token,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_argument: cache},
+                )
                 cache.crop(-1)  # drop the new token again: every step sees the same cache
         assert cache.get_seq_length() == length
 
@@ -96,7 +103,9 @@ def main(argv: list[str] | None = None) -> list[Target]:
     parser.add_argument("--repeats", type=int, default=9, help="fewer swing the ratios by +-10%% on a loaded machine")
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--aa", action="store_true", help="also time a second copy of the bare model: an A/A ratio shows the noise")
+    parser.add_argument(
+        "--aa", action="store_true", help="also time a second copy of the bare model: an A/A ratio shows the noise"
+    )
     add_thread_argument(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
@@ -109,7 +118,9 @@ def main(argv: list[str] | None = None) -> list[Target]:
     filler = processor.tokenizer.convert_tokens_to_ids("C")
     smiles, source = load_chebi20_smiles(max(args.batch_sizes))
 
-    print_header("Generation: LLaMo vs its language model alone", "python benchmarks/bench_generation.py " + " ".join(argv or sys.argv[1:]))
+    print_header(
+        "Generation: LLaMo vs its language model alone", "python benchmarks/bench_generation.py " + " ".join(argv or sys.argv[1:])
+    )
     print(
         f"models: text {dict((k, getattr(llamo.config.text_config, k)) for k in ('hidden_size', 'num_hidden_layers', 'vocab_size'))}, "
         f"graph side at LLaMo's sizes ({llamo.config.num_graph_tokens} graph tokens); fp32; molecules from {source}"
@@ -149,17 +160,45 @@ def main(argv: list[str] | None = None) -> list[Target]:
                 ]
             )
         targets += [
-            Target(f"batch {batch_size}: time per new token, LLaMo / bare", median_ratio(per_token["llamo"], per_token["bare"]), 1.05),
-            Target(f"batch {batch_size}: decode-step forward (model only), LLaMo / bare", median_ratio(timings["llamo_step"], timings["bare_step"]), 1.05),
+            Target(
+                f"batch {batch_size}: time per new token, LLaMo / bare", median_ratio(per_token["llamo"], per_token["bare"]), 1.05
+            ),
+            Target(
+                f"batch {batch_size}: decode-step forward (model only), LLaMo / bare",
+                median_ratio(timings["llamo_step"], timings["bare_step"]),
+                1.05,
+            ),
             Target(f"batch {batch_size}: end to end, LLaMo / bare", median_ratio(timings["llamo_n"], timings["bare_n"]), 1.15),
-            Target(f"batch {batch_size}: prefill + 1 token, LLaMo / bare", median_ratio(timings["llamo_1"], timings["bare_1"]), None),
+            Target(
+                f"batch {batch_size}: prefill + 1 token, LLaMo / bare", median_ratio(timings["llamo_1"], timings["bare_1"]), None
+            ),
         ]
         if bare_copy is not None:
             targets += [
-                Target(f"batch {batch_size}: A/A time per new token, bare copy / bare", median_ratio(per_token["copy"], per_token["bare"]), None),
-                Target(f"batch {batch_size}: A/A end to end, bare copy / bare", median_ratio(timings["copy_n"], timings["bare_n"]), None),
+                Target(
+                    f"batch {batch_size}: A/A time per new token, bare copy / bare",
+                    median_ratio(per_token["copy"], per_token["bare"]),
+                    None,
+                ),
+                Target(
+                    f"batch {batch_size}: A/A end to end, bare copy / bare",
+                    median_ratio(timings["copy_n"], timings["bare_n"]),
+                    None,
+                ),
             ]
-    print(format_table(["model", "batch", "prompt tokens", "prefill+1 token ms", "ms per new token", f"end to end ({args.new_tokens} tokens) ms"], rows))
+    print(
+        format_table(
+            [
+                "model",
+                "batch",
+                "prompt tokens",
+                "prefill+1 token ms",
+                "ms per new token",
+                f"end to end ({args.new_tokens} tokens) ms",
+            ],
+            rows,
+        )
+    )
     print()
     print_targets(targets)
     return targets

@@ -15,12 +15,21 @@ import argparse
 import ctypes
 import gc
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 import torch
 
-from common import Target, add_thread_argument, chat_batch, format_table, load_chebi20_examples, print_header, print_targets, set_threads
+from common import (
+    Target,
+    add_thread_argument,
+    chat_batch,
+    format_table,
+    load_chebi20_examples,
+    print_header,
+    print_targets,
+    set_threads,
+)
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -78,8 +87,9 @@ def main(argv: list[str] | None = None) -> list[Target]:
     args = parser.parse_args(argv)
     set_threads(args.threads)
 
-    from common import stage2_llamo, train_step_fn
     from llamo.tiny import build_tiny_llamo
+
+    from common import stage2_llamo, train_step_fn
 
     examples, source = load_chebi20_examples(args.num_molecules)
     model, processor = build_tiny_llamo(seed=0)
@@ -101,14 +111,40 @@ def main(argv: list[str] | None = None) -> list[Target]:
 
     generate_samples = sample_rss(generate, args.generate_calls, max(args.generate_calls // 20, 1))
 
-    print_header("Memory: RSS over training steps and generate calls", "python benchmarks/bench_memory.py " + " ".join(argv or sys.argv[1:]))
+    print_header(
+        "Memory: RSS over training steps and generate calls",
+        "python benchmarks/bench_memory.py " + " ".join(argv or sys.argv[1:]),
+    )
     print(f"tiny LLaMo (llamo/tiny.py), {len(examples)} molecules from {source}, training batch {args.batch_size}\n")
     rows, targets = [], []
     for name, samples in (("training steps", train_samples), ("generate calls", generate_samples)):
         start, grown, slope = growth(samples)
-        rows.append([name, samples[-1][0], f"{samples[0][1]:.1f}", f"{start:.1f}", f"{samples[-1][1]:.1f}", f"{grown:+.2f}", f"{slope:+.2f}"])
+        rows.append(
+            [
+                name,
+                samples[-1][0],
+                f"{samples[0][1]:.1f}",
+                f"{start:.1f}",
+                f"{samples[-1][1]:.1f}",
+                f"{grown:+.2f}",
+                f"{slope:+.2f}",
+            ]
+        )
         targets.append(Target(f"{name}: RSS growth after warm-up", grown, args.max_growth_mib, unit=" MiB"))
-    print(format_table(["loop", "iterations", "RSS at start MiB", "after warm-up MiB (quarter mean)", "at end MiB", "growth MiB (quarter means)", "slope KiB/iteration"], rows))
+    print(
+        format_table(
+            [
+                "loop",
+                "iterations",
+                "RSS at start MiB",
+                "after warm-up MiB (quarter mean)",
+                "at end MiB",
+                "growth MiB (quarter means)",
+                "slope KiB/iteration",
+            ],
+            rows,
+        )
+    )
     print()
     print("RSS samples (iteration: MiB):")
     for name, samples in (("training", train_samples), ("generate", generate_samples)):

@@ -28,11 +28,11 @@ import time
 import httpx
 import torch
 
-from common import ROOT, add_thread_argument, build_small_llamo, format_table, print_header, set_threads
-
 from llamo.serving.engine import VLLMServer, free_port
 from llamo.serving.export import export_for_vllm
 from llamo.serving.tiny import build_servable_tiny_llamo, serving_conversations
+
+from common import ROOT, add_thread_argument, build_small_llamo, format_table, print_header, set_threads
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -88,7 +88,7 @@ def start_gateway(export_dir: pathlib.Path, vllm_url: str, log_path: pathlib.Pat
     port = free_port()
     command = [sys.executable, "-m", "llamo.serving.gateway", "--export_dir", str(export_dir), "--vllm_url", vllm_url,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 (the log outlives this call)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -116,7 +116,9 @@ def main() -> None:
     add_thread_argument(parser)
     args = parser.parse_args()
     set_threads(args.threads)
-    print_header("Serving: HF batched generate vs vLLM through the gateway", "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:]))
+    print_header(
+        "Serving: HF batched generate vs vLLM through the gateway", "python benchmarks/bench_serving.py " + " ".join(sys.argv[1:])
+    )
 
     model, processor = build_small_llamo(seed=0) if args.model == "small" else build_servable_tiny_llamo(seed=0)
     model.eval()
@@ -137,10 +139,14 @@ def main() -> None:
                             if engine == "HF generate":
                                 results[engine].append(run_hf(model, processor, conversations, concurrency, args.new_tokens))
                             else:
-                                results[engine].append(asyncio.run(run_gateway_async(url, conversations, concurrency, args.new_tokens)))
+                                results[engine].append(
+                                    asyncio.run(run_gateway_async(url, conversations, concurrency, args.new_tokens))
+                                )
                     throughput = {engine: [r["tokens"] / r["wall"] for r in runs] for engine, runs in results.items()}
                     ratios = [v / h for v, h in zip(throughput["vLLM + gateway"], throughput["HF generate"])]
-                    same = sum(a == b for a, b in zip(results["HF generate"][-1]["answers"], results["vLLM + gateway"][-1]["answers"]))
+                    same = sum(
+                        a == b for a, b in zip(results["HF generate"][-1]["answers"], results["vLLM + gateway"][-1]["answers"])
+                    )
                     for engine, runs in results.items():
                         latencies = [value for run in runs for value in run["latencies"]]
                         rows.append([
@@ -153,7 +159,15 @@ def main() -> None:
             finally:
                 gateway.terminate()
                 gateway.wait(timeout=30)
-    header = ["concurrent requests", "engine", "tokens/s", "p50 latency (s)", "p95 latency (s)", "vs HF", "identical greedy answers"]
+    header = [
+        "concurrent requests",
+        "engine",
+        "tokens/s",
+        "p50 latency (s)",
+        "p95 latency (s)",
+        "vs HF",
+        "identical greedy answers",
+    ]
     print(format_table(header, rows))
     print(f"\n{len(conversations)} conversations (1-2 molecules), {args.new_tokens} new tokens each, greedy, fp32; "
           f"HF torch threads {args.threads}; vLLM CPU engine with its own thread binding; repeats {args.repeats}.")  # fmt: skip

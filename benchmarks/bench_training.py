@@ -20,7 +20,8 @@ import importlib
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -110,27 +111,40 @@ def main(argv: list[str] | None = None) -> list[Target]:
     order = [[index % args.num_batches] for index in range(args.repeats)]
     timings = {name: [] for name in steps}
     for turn, indices in enumerate(order):  # one step each per turn, the order alternating
-        for name in (list(steps) if turn % 2 == 0 else list(steps)[::-1]):
+        for name in list(steps) if turn % 2 == 0 else list(steps)[::-1]:
             start = time.perf_counter()
             steps[name](indices)
             timings[name].append(time.perf_counter() - start)
 
-    print_header("Training: stage-2 step vs the language model + LoRA alone", "python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]))
+    print_header(
+        "Training: stage-2 step vs the language model + LoRA alone",
+        "python benchmarks/bench_training.py " + " ".join(argv or sys.argv[1:]),
+    )
     lengths = [batch["input_ids"].shape[1] for batch in batches]
-    trainable = {name: sum(p.numel() for p in model.parameters() if p.requires_grad) for name, model in (("llamo", llamo_peft), ("bare", bare_peft))}
+    trainable = {
+        name: sum(p.numel() for p in model.parameters() if p.requires_grad)
+        for name, model in (("llamo", llamo_peft), ("bare", bare_peft))
+    }
     print(
         f"batch {args.batch_size}, padded lengths {lengths}, data {source}; fp32; {args.repeats} steps each after 2 warm-up, "
         f"alternating; trainable parameters {trainable}\n"
     )
     step_ratios = [llamo_time / bare_time for llamo_time, bare_time in zip(timings["llamo"], timings["bare"])]
-    rows = [[name, f"{statistics.median(t) * 1e3:.0f}", f"{args.batch_size / statistics.median(t):.1f}"] for name, t in timings.items()]
+    rows = [
+        [name, f"{statistics.median(t) * 1e3:.0f}", f"{args.batch_size / statistics.median(t):.1f}"]
+        for name, t in timings.items()
+    ]
     print(format_table(["model", "ms per step (median)", "samples/s"], rows))
     print()
 
     data_rate = data_path_rate(collate, processor, examples[: args.data_examples], args.batch_size, repeats=3)
     train_rate = args.batch_size / statistics.median(timings["llamo"])
     name = args.collate or "LlamoProcessor.apply_chat_template (cache off)"
-    print(format_table(["data path", "samples/s", "training consumes samples/s"], [[name, f"{data_rate:,.0f}", f"{train_rate:.1f}"]]))
+    print(
+        format_table(
+            ["data path", "samples/s", "training consumes samples/s"], [[name, f"{data_rate:,.0f}", f"{train_rate:.1f}"]]
+        )
+    )
     print()
     targets = [
         Target("stage-2 step time, LLaMo / bare LM + LoRA", statistics.median(step_ratios), 1.20),

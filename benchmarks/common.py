@@ -14,8 +14,9 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the model files are importable: the project is installed (-e .)

@@ -179,7 +179,11 @@ def report(results: dict, args) -> str:
     ]
     for arm, summary in results["arms"].items():
         runs = summary["mae"]["n"]
-        lines.append(f"| {arm} ({runs} seed{'s' * (runs > 1)}) | " + " | ".join(fmt(summary.get(metric), digits) for metric, digits in metrics) + " |")
+        lines.append(
+            f"| {arm} ({runs} seed{'s' * (runs > 1)}) | "
+            + " | ".join(fmt(summary.get(metric), digits) for metric, digits in metrics)
+            + " |"
+        )
     for name, baseline in results["baselines"].items():
         lines.append(f"| {name} (baseline) | {baseline['mae']:.4f} | | | | {baseline['distinct_answer_share']:.2f} | |")
     if results["missing_runs"]:

@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("give the command to measure after --")
     result = run_with_peak_rss(command)
-    print(f"peak RSS {result['peak_rss_mib']} MiB, wall {result['wall_seconds']} s, exit status {result['exit_status']}: {' '.join(command)}", file=sys.stderr)
+    print(
+        f"peak RSS {result['peak_rss_mib']} MiB, wall {result['wall_seconds']} s, exit status {result['exit_status']}: {' '.join(command)}",
+        file=sys.stderr,
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

@@ -52,7 +52,10 @@ def main() -> int:
     print(format_table(["target", "measured", "goal", "status"], rows))
     targets = [row for row in rows if row[-1] != "info"]
     missed = sum(row[-1] != "met" for row in targets)
-    print(f"\n{len(targets) - missed} of {len(targets)} targets met; {failures} benchmark(s) failed to run" + (" (quick run: sizes too small to report)" if args.quick else ""))
+    print(
+        f"\n{len(targets) - missed} of {len(targets)} targets met; {failures} benchmark(s) failed to run"
+        + (" (quick run: sizes too small to report)" if args.quick else "")
+    )
     return 1 if failures else 0
 
 

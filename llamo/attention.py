@@ -172,8 +172,7 @@ def _highlights(mol: Chem.Mol, weights: np.ndarray, saturation: float) -> dict:
     scores = attention_scores(weights, saturation)
     atom_colors = {index: score_color(score) for index, score in enumerate(scores)}
     bond_colors = {
-        bond.GetIdx(): score_color((scores[bond.GetBeginAtomIdx()] + scores[bond.GetEndAtomIdx()]) / 2)
-        for bond in mol.GetBonds()
+        bond.GetIdx(): score_color((scores[bond.GetBeginAtomIdx()] + scores[bond.GetEndAtomIdx()]) / 2) for bond in mol.GetBonds()
     }
     return {
         "highlightAtoms": list(atom_colors),

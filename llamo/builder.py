@@ -124,7 +124,12 @@ def build_llamo(
 
 
 def build_llamo_from_config(
-    text_config, tokenizer: PreTrainedTokenizerBase, *, seed: int | None = 0, chat_template: ChatTemplateChoice = "llamo", **overrides
+    text_config,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    seed: int | None = 0,
+    chat_template: ChatTemplateChoice = "llamo",
+    **overrides,
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """A randomly initialized LLaMo around a language model described by `text_config` (no weights to load: the
     tiny CPU model, the benchmarks' small model). `tokenizer` must already hold `<graph>`; `seed` fixes the weights."""
@@ -187,7 +192,9 @@ def add_llamo_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
         tokenizer.add_special_tokens({"additional_special_tokens": [GRAPH_TOKEN]}, replace_extra_special_tokens=False)
 
 
-def wrap_language_model(causal_lm: PreTrainedModel, config: LlamoConfig, seed: int | None = None) -> LlamoForConditionalGeneration:
+def wrap_language_model(
+    causal_lm: PreTrainedModel, config: LlamoConfig, seed: int | None = None
+) -> LlamoForConditionalGeneration:
     """LLaMo holding `causal_lm`'s base model as `model.language_model` and its head as `lm_head`, loaded through
     `from_pretrained` (meta init, no second random LLM); any key that does not land is a `FidelityError`."""
     state_dict = {f"model.language_model.{key}": value for key, value in causal_lm.base_model.state_dict().items()}
@@ -232,7 +239,9 @@ def fidelity_token_batch(
 def check_text_logits(model: LlamoForConditionalGeneration, causal_lm: PreTrainedModel, vocab_size: int, name: str) -> float:
     """Text-only logits of `model` (no molecule) must equal the LLM's over its own vocabulary; returns the largest
     difference. Catches a head transform the wrapper does not reproduce (a scale, a soft-cap, a bias)."""
-    ids = fidelity_token_batch(vocab_size, graph_token_id=model.config.graph_token_id).to(causal_lm.get_input_embeddings().weight.device)
+    ids = fidelity_token_batch(vocab_size, graph_token_id=model.config.graph_token_id).to(
+        causal_lm.get_input_embeddings().weight.device
+    )
     expected = causal_lm(input_ids=ids, use_cache=False).logits.float()
     actual = model(input_ids=ids, use_cache=False).logits[..., :vocab_size].float()
     difference = (expected - actual).abs().max().item()
@@ -287,7 +296,9 @@ def choose_chat_template(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
 
 def linear_layer_names(language_model: nn.Module) -> list[str]:
     """Names (last component) of the language model's linear layers, GPT-2's Conv1D included."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in language_model.named_modules() if isinstance(module, LINEAR_TYPES)})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in language_model.named_modules() if isinstance(module, LINEAR_TYPES)}
+    )
 
 
 def _shape(module: nn.Module) -> tuple[int, int]:

@@ -72,7 +72,9 @@ def checkpoint_problem(folder: str | pathlib.Path) -> str | None:
         weights += sorted(tag_folder.glob("*.pt"))
     if not weights:
         return "no weights file"
-    others = [path for path in sorted(folder.iterdir()) if path.is_file() and path.suffix in (".pt", ".pth") and path not in weights]
+    others = [
+        path for path in sorted(folder.iterdir()) if path.is_file() and path.suffix in (".pt", ".pth") and path not in weights
+    ]
     for path in [*weights, *others]:
         try:
             _check_file(path)

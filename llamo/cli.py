@@ -39,7 +39,9 @@ def check_device(device: str | None) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind = device.split(":", 1)[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available here (torch {torch.__version__}, CPU build or no GPU); use --device cpu")
+        raise ValueError(
+            f"--device {device}: CUDA is not available here (torch {torch.__version__}, CPU build or no GPU); use --device cpu"
+        )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {device}: Apple MPS is not available here; use --device cpu")
     return device

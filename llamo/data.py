@@ -92,7 +92,9 @@ class SkipReport:
         return sum(self.counts.values())
 
     def lines(self) -> list[str]:
-        skipped = [f"{count} x {reason} (e.g. {'; '.join(self.examples.get(reason, []))})" for reason, count in self.counts.most_common()]
+        skipped = [
+            f"{count} x {reason} (e.g. {'; '.join(self.examples.get(reason, []))})" for reason, count in self.counts.most_common()
+        ]
         return skipped + [f"{count} x kept, {what}" for what, count in self.notes.most_common()]
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,7 +215,11 @@ class Row:
         """The row's `smiles` field, cleaned, or why there is none."""
         smiles = self.get("smiles")
         if not isinstance(smiles, str):
-            return Skip("wrong type", f"'smiles' is {type(smiles).__name__}") if smiles is not None else Skip("missing field", "smiles")
+            return (
+                Skip("wrong type", f"'smiles' is {type(smiles).__name__}")
+                if smiles is not None
+                else Skip("missing field", "smiles")
+            )
         smiles = smiles.strip().replace("\\\\", "\\")  # ChEBI-20 doubles every backslash
         return smiles or Skip("missing field", "smiles")
 
@@ -242,7 +248,9 @@ def messages_format(row: Row, rng: random.Random) -> list[dict] | Skip:
         if role not in ("system", "user", "assistant"):
             return Skip("wrong type", f"message role {role!r}")
         if content is None:
-            return Skip("empty answer") if role == "assistant" else Skip("wrong type", "message content must be a non-empty string")
+            return (
+                Skip("empty answer") if role == "assistant" else Skip("wrong type", "message content must be a non-empty string")
+            )
         turns.append(_turn(role, content))
     if not any(turn["role"] == "assistant" for turn in turns):
         return Skip("empty answer", "no assistant turn")
@@ -345,7 +353,9 @@ def detect_format(columns: list[str]) -> str:
     for name, (matches, _) in FORMATS.items():
         if matches(names):
             return name
-    raise ValueError(f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {tuple(FORMATS)}")
+    raise ValueError(
+        f"cannot tell the task format from the columns {columns}: pass it as 'FORMAT:path' with FORMAT in {tuple(FORMATS)}"
+    )
 
 
 def _row_to_conversations(row: dict[str, Any], fmt: str, names: dict[str, str], rng: random.Random) -> list[dict | Skip] | Skip:
@@ -404,7 +414,10 @@ def load_mixture(sources: list[DataSource], seed: int = 0) -> tuple[datasets.Dat
         raise ValueError(f"give every dataset a positive weight ('path@0.3') or none at all, got {weights}")
     total = sum(weights)
     mixture = datasets.interleave_datasets(
-        parts, probabilities=[weight / total for weight in weights], seed=seed, stopping_strategy="all_exhausted_without_replacement"
+        parts,
+        probabilities=[weight / total for weight in weights],
+        seed=seed,
+        stopping_strategy="all_exhausted_without_replacement",
     )
     return mixture, report
 
@@ -534,7 +547,11 @@ def encode_conversation(
         budget = char_budget if char_budget is not None else character_budget(processor, max_length)
         messages, trimmed, lost_placeholder = trim_messages(messages, budget)
         if lost_placeholder:
-            return {**empty, "skip_reason": "graph tokens beyond max_length", "skip_detail": f"a placeholder after {budget:,} characters"}
+            return {
+                **empty,
+                "skip_reason": "graph tokens beyond max_length",
+                "skip_detail": f"a placeholder after {budget:,} characters",
+            }
         if trimmed:
             notes.append(TEXT_TRIMMED)
     try:
@@ -571,7 +588,11 @@ def encode_dataset(
         return {**encoded, "task": row.get("task") or ""}
 
     encoded = dataset.map(
-        encode, remove_columns=dataset.column_names, features=ENCODED_FEATURES, num_proc=num_proc, desc="Featurizing and tokenizing"
+        encode,
+        remove_columns=dataset.column_names,
+        features=ENCODED_FEATURES,
+        num_proc=num_proc,
+        desc="Featurizing and tokenizing",
     )
     report = SkipReport()
     for index, (reason, detail) in enumerate(zip(encoded["skip_reason"], encoded["skip_detail"])):

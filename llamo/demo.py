@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import io  # noqa: E402
-import pickle  # noqa: E402
 import pathlib  # noqa: E402
+import pickle  # noqa: E402
 import re  # noqa: E402
 import select  # noqa: E402
 import struct  # noqa: E402
@@ -36,14 +36,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor, TextIteratorStreamer  # noqa: E402
 
-from llamo.cli import check_model_path  # noqa: E402
 from llamo.attention import (  # noqa: E402
     AtomAttention,
     available_panels,
     check_projector_has_attention,
     compute_atom_attention,
-    draw_atom_attention,
 )
+from llamo.cli import check_model_path  # noqa: E402
 
 
 DEFAULT_MODEL = pathlib.Path("outputs") / "llamo-tiny"  # the main job's model, relative to where the demo starts
@@ -353,7 +352,11 @@ class LlamoDemo:
                     )
             gr.Markdown("## Where the model looked")
             panel_choice = gr.Radio(
-                [ALL_PANELS, *self.panels], value=ALL_PANELS, label="Projector queries", visible=bool(self.panels), elem_id="panel"
+                [ALL_PANELS, *self.panels],
+                value=ALL_PANELS,
+                label="Projector queries",
+                visible=bool(self.panels),
+                elem_id="panel",
             )
             attention_image = gr.Image(
                 label="Projector attention",
@@ -401,7 +404,9 @@ def missing_default_model_message(path: pathlib.Path) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="LLaMo demo: chat about a molecule and see where the model looked.")
     parser.add_argument(
-        "--model", default=os.environ.get(MODEL_ENV_VAR), help=f"model folder or Hub id (default: ${MODEL_ENV_VAR}, else {DEFAULT_MODEL})"
+        "--model",
+        default=os.environ.get(MODEL_ENV_VAR),
+        help=f"model folder or Hub id (default: ${MODEL_ENV_VAR}, else {DEFAULT_MODEL})",
     )
     parser.add_argument("--host", default=None, help="address to serve on (default: $GRADIO_SERVER_NAME, else 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")

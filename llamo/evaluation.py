@@ -93,7 +93,9 @@ def donor_molecules(keys: Sequence[str]) -> list[int]:
     donors = []
     for index, key in enumerate(keys):
         shifts = range(1, len(keys))
-        donors.append(next((((index + shift) % len(keys)) for shift in shifts if keys[(index + shift) % len(keys)] != key), index))
+        donors.append(
+            next((((index + shift) % len(keys)) for shift in shifts if keys[(index + shift) % len(keys)] != key), index)
+        )
     return donors
 
 
@@ -162,9 +164,7 @@ def answer_nll(
             for condition in conditions:
                 state["condition"] = condition
                 logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[:, :-1].float().cpu()
-                token_nll = torch.nn.functional.cross_entropy(
-                    logits.transpose(1, 2), targets.clamp(min=0), reduction="none"
-                )
+                token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
                 per_example = (token_nll * mask).sum(1) / mask.sum(1)
                 nll[condition] += per_example.tolist()
     finally:
@@ -249,8 +249,7 @@ def scores_by_property(pairs: Sequence[tuple[Example, str]], family: str = "prop
         answers.append(prediction)
         references.append(example.reference)
     return {
-        kind: {"n": len(answers), **METRIC_FAMILIES[family](answers, refs)}
-        for kind, (answers, refs) in sorted(by_kind.items())
+        kind: {"n": len(answers), **METRIC_FAMILIES[family](answers, refs)} for kind, (answers, refs) in sorted(by_kind.items())
     }
 
 

@@ -28,7 +28,9 @@ from llamo.timing import peak_gpu_memory, synchronize
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # TinyLlama-1.1B's shape: 22 layers of width 2048, grouped-query attention (32 heads, 4 key/value heads).
-BILLION_CONFIG = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4)
+BILLION_CONFIG = dict(
+    hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+)
 TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 

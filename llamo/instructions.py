@@ -149,11 +149,19 @@ def _with_article(noun: str) -> str:
 # fact -> (question wordings, answer function). Answers are short and exact, so exact match can score them.
 QUESTIONS: dict[str, tuple[tuple[str, ...], callable]] = {
     "formula": (
-        ("What is the molecular formula of this molecule?", "Give the molecular formula.", "Which molecular formula does this compound have?"),
+        (
+            "What is the molecular formula of this molecule?",
+            "Give the molecular formula.",
+            "Which molecular formula does this compound have?",
+        ),
         lambda f: f.formula,
     ),
     "heavy_atoms": (
-        ("How many heavy atoms does this molecule have?", "Count the non-hydrogen atoms in this molecule.", "How many heavy atoms are there?"),
+        (
+            "How many heavy atoms does this molecule have?",
+            "Count the non-hydrogen atoms in this molecule.",
+            "How many heavy atoms are there?",
+        ),
         lambda f: str(f.heavy_atoms),
     ),
     "rings": (
@@ -161,23 +169,43 @@ QUESTIONS: dict[str, tuple[tuple[str, ...], callable]] = {
         lambda f: str(f.rings),
     ),
     "aromatic_rings": (
-        ("How many aromatic rings does this molecule have?", "Count the aromatic rings.", "What is the number of aromatic rings in this compound?"),
+        (
+            "How many aromatic rings does this molecule have?",
+            "Count the aromatic rings.",
+            "What is the number of aromatic rings in this compound?",
+        ),
         lambda f: str(f.aromatic_rings),
     ),
     "is_aromatic": (
-        ("Is this molecule aromatic?", "Does this compound contain an aromatic ring?", "Is there an aromatic ring in this molecule?"),
+        (
+            "Is this molecule aromatic?",
+            "Does this compound contain an aromatic ring?",
+            "Is there an aromatic ring in this molecule?",
+        ),
         lambda f: "Yes" if f.aromatic_rings else "No",
     ),
     "hbond_donors": (
-        ("How many hydrogen bond donors does this molecule have?", "Count the hydrogen bond donors.", "What is its number of H-bond donors?"),
+        (
+            "How many hydrogen bond donors does this molecule have?",
+            "Count the hydrogen bond donors.",
+            "What is its number of H-bond donors?",
+        ),
         lambda f: str(f.hbond_donors),
     ),
     "hbond_acceptors": (
-        ("How many hydrogen bond acceptors does this molecule have?", "Count the hydrogen bond acceptors.", "What is its number of H-bond acceptors?"),
+        (
+            "How many hydrogen bond acceptors does this molecule have?",
+            "Count the hydrogen bond acceptors.",
+            "What is its number of H-bond acceptors?",
+        ),
         lambda f: str(f.hbond_acceptors),
     ),
     "rotatable_bonds": (
-        ("How many rotatable bonds does this molecule have?", "Count the rotatable bonds.", "What is the number of rotatable bonds?"),
+        (
+            "How many rotatable bonds does this molecule have?",
+            "Count the rotatable bonds.",
+            "What is the number of rotatable bonds?",
+        ),
         lambda f: str(f.rotatable_bonds),
     ),
     "formal_charge": (
@@ -185,19 +213,33 @@ QUESTIONS: dict[str, tuple[tuple[str, ...], callable]] = {
         lambda f: str(f.formal_charge),
     ),
     "stereocentres": (
-        ("How many stereocentres does this molecule have?", "Count the stereocentres, assigned or not.", "How many chiral centres are there?"),
+        (
+            "How many stereocentres does this molecule have?",
+            "Count the stereocentres, assigned or not.",
+            "How many chiral centres are there?",
+        ),
         lambda f: str(f.stereocentres),
     ),
     "components": (
-        ("How many separate components does this structure consist of?", "Into how many disconnected fragments does it fall apart?"),
+        (
+            "How many separate components does this structure consist of?",
+            "Into how many disconnected fragments does it fall apart?",
+        ),
         lambda f: str(f.components),
     ),
     "motifs": (
-        ("How many functional groups does LLaMo's motif extractor find in this molecule?", "Count the motifs (functional groups and ring systems)."),
+        (
+            "How many functional groups does LLaMo's motif extractor find in this molecule?",
+            "Count the motifs (functional groups and ring systems).",
+        ),
         lambda f: str(f.motifs),
     ),
     "molecular_weight": (
-        ("What is the molecular weight of this molecule?", "Give its average molecular mass.", "How heavy is one mole of this compound?"),
+        (
+            "What is the molecular weight of this molecule?",
+            "Give its average molecular mass.",
+            "How heavy is one mole of this compound?",
+        ),
         lambda f: f"{f.molecular_weight:.2f} g/mol",
     ),
     "exact_mass": (
@@ -213,7 +255,11 @@ QUESTIONS: dict[str, tuple[tuple[str, ...], callable]] = {
         lambda f: f"{f.tpsa:.2f}",
     ),
     "groups": (
-        ("Which functional groups does this molecule contain?", "List the functional groups of this compound.", "Name the functional groups present."),
+        (
+            "Which functional groups does this molecule contain?",
+            "List the functional groups of this compound.",
+            "Name the functional groups present.",
+        ),
         lambda f: _listing(f.groups) if f.groups else "none of the common ones",
     ),
 }

@@ -19,6 +19,7 @@ ROUGE always uses `rouge_score`'s own tokenizer (lower-case, alphanumeric runs),
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import os
@@ -128,10 +129,8 @@ def ensure_wordnet(data_dir: str | os.PathLike | None = None) -> pathlib.Path | 
                 stale = pathlib.Path(tempfile.mkdtemp(prefix="wordnet-partial-", dir=target.parent))
                 target.rename(stale / "wordnet")
                 shutil.rmtree(stale, ignore_errors=True)
-            try:
+            with contextlib.suppress(OSError):  # another process got there first
                 staging.rename(target)
-            except OSError:  # another process got there first
-                pass
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; removed after any failure
     if str(data_dir) not in nltk.data.path:
@@ -220,7 +219,9 @@ def regression_metrics(predictions: Sequence[str], references: Sequence[str], to
         "unparsable_share": unparsable / scored if scored else None,
         "invalid_references": len(references) - scored,
         # an undertrained model answers the most common value whatever the molecule, which the MAE alone hides
-        "distinct_answer_share": len({normalize(prediction) for prediction in predictions}) / len(predictions) if predictions else None,
+        "distinct_answer_share": len({normalize(prediction) for prediction in predictions}) / len(predictions)
+        if predictions
+        else None,
     }
 
 

@@ -141,7 +141,8 @@ def write_model_card(output_dir: pathlib.Path, **info: Any) -> None:
         license=info["license"],
         library_name="peft" if info.get("adapter") else "transformers",
         pipeline_tag="text-generation",
-        tags=["llamo", "chemistry", "molecules", "graph-neural-network", "trl", "sft"] + (["lora", "qlora"] if info.get("adapter") else []),
+        tags=["llamo", "chemistry", "molecules", "graph-neural-network", "trl", "sft"]
+        + (["lora", "qlora"] if info.get("adapter") else []),
         datasets=info["dataset_ids"] or None,
         base_model=info["base_model"],
         model_name=info["title"] if results else None,
@@ -178,7 +179,9 @@ def card_info(model, model_args, data_args, training_args, summary, trainer) -> 
     sources = [DataSource.parse(spec) for spec in data_args.datasets]
     adapter = model_args.stage == 2 and model_args.keep_adapter
     init_from = model_args.init_from
-    language_model_parameters = sum(p.numel() for n, p in model.named_parameters() if ".language_model." in n or n.startswith("lm_head"))
+    language_model_parameters = sum(
+        p.numel() for n, p in model.named_parameters() if ".language_model." in n or n.startswith("lm_head")
+    )
     base_model = language_model if _is_hub_id(config.text_config._name_or_path) else None
     if adapter and _is_hub_id(init_from):
         base_model = init_from
@@ -194,10 +197,13 @@ def card_info(model, model_args, data_args, training_args, summary, trainer) -> 
         "graph_tokens": config.num_graph_tokens if config.num_graph_tokens is not None else "one-per-atom",
         "stage": model_args.stage,
         "stage_name": "graph-language alignment" if model_args.stage == 1 else "instruction tuning",
-        "trained": trained[model_args.stage] + f" (LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha})" * (model_args.stage == 2),
+        "trained": trained[model_args.stage]
+        + f" (LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha})" * (model_args.stage == 2),
         "adapter": adapter,
         "adapter_base": init_from,
-        "adapter_relative": os.path.relpath(init_from, training_args.output_dir) if adapter and init_from and pathlib.Path(init_from).exists() else None,
+        "adapter_relative": os.path.relpath(init_from, training_args.output_dir)
+        if adapter and init_from and pathlib.Path(init_from).exists()
+        else None,
         "data": ", ".join(s.name + (f" @{s.weight}" if s.weight else "") for s in sources),
         "train_examples": summary["train_examples"],
         "eval_examples": summary["eval_examples"],

@@ -85,7 +85,11 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         state = {}
         # One parameter at a time, so no rank ever holds more than one whole tensor beyond its shard (a 7B model).
         for name, tensor in model.state_dict(keep_vars=True).items():
-            context = deepspeed.zero.GatheredParameters([tensor], modifier_rank=None) if hasattr(tensor, "ds_id") else contextlib.nullcontext()
+            context = (
+                deepspeed.zero.GatheredParameters([tensor], modifier_rank=None)
+                if hasattr(tensor, "ds_id")
+                else contextlib.nullcontext()
+            )
             with context:
                 if main:
                     state[name] = tensor.detach().cpu().clone()
@@ -119,7 +123,9 @@ def rebuild_model(trained: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     with without_zero3_init(), torch.device("meta"):
         model = type(base)(copy.deepcopy(base.config))
         if isinstance(trained, PeftModel):
-            model = PeftModel(model, copy.deepcopy(trained.peft_config[trained.active_adapter]), adapter_name=trained.active_adapter)
+            model = PeftModel(
+                model, copy.deepcopy(trained.peft_config[trained.active_adapter]), adapter_name=trained.active_adapter
+            )
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
@@ -141,12 +147,14 @@ def saved_tensor_shapes(folder: pathlib.Path) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(path, framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (safetensors handles are not dicts)
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
     return shapes
 
 
-def verify_saved_weights(folder: pathlib.Path, expected: dict[str, tuple[int, ...]], may_be_absent: set[str] = frozenset()) -> None:
+def verify_saved_weights(
+    folder: pathlib.Path, expected: dict[str, tuple[int, ...]], may_be_absent: set[str] = frozenset()
+) -> None:
     """Raise `SavedModelError` unless `folder` holds exactly the `expected` tensors, each with its shape and none empty
     (`may_be_absent`: tied weights that save_pretrained leaves out)."""
     saved = saved_tensor_shapes(folder)
@@ -230,4 +238,3 @@ def save_final_model(trained: nn.Module, output_dir: str | os.PathLike, merge: b
     verify_saved_weights(staging, expected, may_be_absent)
     publish(staging, output_dir)
     return model
-

@@ -25,7 +25,12 @@ from processing_llamo import LlamoProcessor
 TOKENIZER_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "tokenizer"
 
 TINY_TEXT_CONFIG = dict(
-    hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
 )
 TINY_GRAPH_CONFIG = dict(gnn_num_layers=5, gnn_hidden_size=32, projector_num_heads=4, projector_mlp_depth=2)
 

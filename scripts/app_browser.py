@@ -46,7 +46,9 @@ CHROMIUM_FLAGS = (
 
 def missing_browser_parts() -> list[str]:
     """What of Chromium and its driver cannot be found."""
-    return [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path or not os.path.isfile(path)]
+    return [
+        name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path or not os.path.isfile(path)
+    ]
 
 
 def free_port() -> int:
@@ -61,7 +63,16 @@ def serve_app(model: str | pathlib.Path, max_new_tokens: int, log_path: pathlib.
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, str(ROOT / "app.py"), "--model", str(model), "--port", str(port), "--max-new-tokens", str(max_new_tokens)]
+    command = [
+        sys.executable,
+        str(ROOT / "app.py"),
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--max-new-tokens",
+        str(max_new_tokens),
+    ]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

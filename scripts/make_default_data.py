@@ -12,6 +12,7 @@ import argparse
 import csv
 import pathlib
 
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -43,7 +44,11 @@ def main() -> None:
     # PubChem SMILES -> IUPAC name: the first 2,000 training rows, and the whole validation split.
     iupac_train = read_tsv(shared / "pubchem_iupac" / "train.txt")[:2000]
     write_tsv(out / "pubchem_iupac_train.tsv", ["cid", "smiles", "iupac_name"], iupac_train)
-    write_tsv(out / "pubchem_iupac_validation.tsv", ["cid", "smiles", "iupac_name"], read_tsv(shared / "pubchem_iupac" / "validation.txt"))
+    write_tsv(
+        out / "pubchem_iupac_validation.tsv",
+        ["cid", "smiles", "iupac_name"],
+        read_tsv(shared / "pubchem_iupac" / "validation.txt"),
+    )
 
     # QM9 HOMO / LUMO / gap (Hartree): every 65th molecule, 2,013 rows.
     with (shared / "qm9" / "qm9_homo_lumo_gap.csv").open(encoding="utf-8") as handle:

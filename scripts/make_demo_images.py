@@ -18,11 +18,12 @@ import tempfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads the variable once
 
-from app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402  (its sibling in scripts/)
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor  # noqa: E402
 
 from llamo.attention import attention_png  # noqa: E402
+
+from app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402  (its sibling in scripts/)
 
 
 def make_attention_picture(model_path: str, smiles: str, path: pathlib.Path) -> None:

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The one place that edits sys.path (tests/test_layout.py checks it): the tests import `scripts.*` from the repository

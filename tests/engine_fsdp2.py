@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
-import sys
 
 import torch
 import torch.distributed as dist
-
-
 
 from llamo.data import DataSource, LlamoDataCollator, encode_dataset, load_mixture  # noqa: E402
 from llamo.saving import engine_of, save_final_model  # noqa: E402

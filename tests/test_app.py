@@ -76,7 +76,9 @@ def test_invalid_smiles_leaves_the_conversation_alone_and_reports_the_processor_
 
 def test_space_card_runs_app_py_with_the_pinned_gradio():
     card = SpaceCard.load(ROOT / "space" / "README.md")
-    gradio_pin = next(line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio=="))
+    gradio_pin = next(
+        line.split("==")[1] for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("gradio==")
+    )
     assert card.data.sdk == "gradio" and card.data.sdk_version == gradio_pin
     assert (ROOT / card.data.app_file).is_file() and card.data.app_file == "app.py"
 
@@ -106,7 +108,10 @@ def test_requests_past_the_limits_are_refused_with_the_limit_named():
     assert processor.max_atoms == 2000  # the caller's processor keeps its own limits
     impatient = app.LlamoDemo(model.eval(), processor, model_name="tiny", limits=app.DemoLimits(draw_timeout_s=0.001))
     try:
-        assert impatient.show_attention(MOLECULES["caffeine"], app.ALL_PANELS) == (None, "⚠️ No picture: drawing took longer than 0.001 s.")
+        assert impatient.show_attention(MOLECULES["caffeine"], app.ALL_PANELS) == (
+            None,
+            "⚠️ No picture: drawing took longer than 0.001 s.",
+        )
     finally:
         impatient.close()
 

@@ -11,6 +11,7 @@ from conftest import MOLECULES
 from PIL import Image
 
 import llamo.attention as attention_llamo
+from featurization_llamo import featurize_molecule, parse_smiles
 from llamo.attention import (
     MOTIF_PANEL,
     AtomAttention,
@@ -23,7 +24,6 @@ from llamo.attention import (
     motif_atom_weights,
     score_color,
 )
-from featurization_llamo import featurize_molecule, parse_smiles
 from llamo.tiny import build_tiny_llamo
 
 
@@ -142,7 +142,9 @@ def test_invalid_smiles_raises_the_processor_error(sharp):
 
 
 def test_scores_are_log_ratios_to_an_even_share_and_colors_run_blue_white_red():
-    scores = attention_scores(np.array([0.25, 0.5, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0]), saturation=4.0)  # even share 1/8: 2x, 4x, 1x, 0x
+    scores = attention_scores(
+        np.array([0.25, 0.5, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0]), saturation=4.0
+    )  # even share 1/8: 2x, 4x, 1x, 0x
     np.testing.assert_allclose(scores, [0.5, 1.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0])
     np.testing.assert_allclose(attention_scores(np.array([0.5, 0.25, 0.25]), saturation=4.0)[0], np.log(1.5) / np.log(4))
     assert score_color(0.0) == (1.0, 1.0, 1.0)

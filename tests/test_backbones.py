@@ -33,7 +33,14 @@ from train_sft import main as train
 
 SELECTED = [f for f in FAMILIES if not os.environ.get("LLAMO_BACKBONES") or f.name in os.environ["LLAMO_BACKBONES"].split(",")]
 BY_NAME = {family.name: family for family in SELECTED}
-GRAPH = dict(gnn_num_layers=2, gnn_hidden_size=16, projector_num_heads=2, projector_mlp_depth=1, num_query_tokens_per_level=2, num_motif_query_tokens=2)
+GRAPH = dict(
+    gnn_num_layers=2,
+    gnn_hidden_size=16,
+    projector_num_heads=2,
+    projector_mlp_depth=1,
+    num_query_tokens_per_level=2,
+    num_motif_query_tokens=2,
+)
 OVERRIDES = ",".join(f"{key}={value}" for key, value in GRAPH.items())
 RUN = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--max_train_samples", "4", "--learning_rate", "1e-2",
        "--save_strategy", "no", "--max_length", "256", "--config_overrides", OVERRIDES]  # fmt: skip
@@ -63,7 +70,9 @@ def _run_family(name: str, workspace: pathlib.Path) -> dict:
     family = BY_NAME[name]
     llm = save_family_checkpoint(family, workspace / name / "llm")
     data = str(workspace / "data.jsonl")
-    stage1 = train(["--stage", "1", "--llm", str(llm), "--datasets", data, "--output_dir", str(workspace / name / "stage1"), *RUN])
+    stage1 = train(
+        ["--stage", "1", "--llm", str(llm), "--datasets", data, "--output_dir", str(workspace / name / "stage1"), *RUN]
+    )
     stage2 = train(["--stage", "2", "--init_from", stage1["output_dir"], "--datasets", data,
                     "--output_dir", str(workspace / name / "stage2"), *RUN])  # fmt: skip
     return {"llm": llm, "stage1": pathlib.Path(stage1["output_dir"]), "stage2": pathlib.Path(stage2["output_dir"]),
@@ -118,7 +127,9 @@ def fresh_logits(runs, workspace) -> dict:
 def molecule_inputs(processor, answers: list[str] | None = None, smiles: list[str] = MOLECULES) -> dict:
     conversations = []
     for index, molecule in enumerate(smiles):
-        messages = [{"role": "user", "content": [{"type": "molecule", "smiles": molecule}, {"type": "text", "text": "What is it?"}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "molecule", "smiles": molecule}, {"type": "text", "text": "What is it?"}]}
+        ]
         if answers is not None:
             messages.append({"role": "assistant", "content": answers[index]})
         conversations.append(messages)
@@ -180,8 +191,18 @@ def test_fresh_process_remote_code_load_equals_the_source_llm(name, runs, fresh_
     # stage 2 (merged LoRA): the fresh remote-code model equals the repository's classes on the same folder
     stage2 = LlamoForConditionalGeneration.from_pretrained(runs[name]["stage2"]).eval()
     processor = LlamoProcessor.from_pretrained(runs[name]["stage2"])
-    messages = [{"role": "user", "content": [{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}, {"type": "text", "text": "Describe this molecule."}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"},
+                {"type": "text", "text": "Describe this molecule."},
+            ],
+        }
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         torch.testing.assert_close(fresh_logits[(name, "stage2", "text")], stage2(input_ids=ids).logits)
         torch.testing.assert_close(fresh_logits[(name, "stage2", "molecule")], stage2(**inputs).logits)
@@ -237,7 +258,9 @@ def test_non_causal_language_models_are_refused(tmp_path):
     tokenizer.save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="is not a causal LM"):
         build_llamo(str(tmp_path / "bert"))
-    T5ForConditionalGeneration(T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=len(tokenizer))).save_pretrained(tmp_path / "t5")
+    T5ForConditionalGeneration(
+        T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=len(tokenizer))
+    ).save_pretrained(tmp_path / "t5")
     tokenizer.save_pretrained(tmp_path / "t5")
     with pytest.raises(ValueError, match="not a decoder-only causal LM"):
         build_llamo(str(tmp_path / "t5"))

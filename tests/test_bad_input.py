@@ -72,7 +72,14 @@ def test_limits_are_configurable():
 
 @pytest.mark.parametrize(
     "smiles, bad",
-    [("中O", "'中'"), ("CCO\x00", "'\\x00'"), ("\x07CCO", "'\\x07'"), ("CCÖ", "'Ö'"), ("C\ud800", "'\\ud800'"), ("O\u200b", "'\\u200b'")],
+    [
+        ("中O", "'中'"),
+        ("CCO\x00", "'\\x00'"),
+        ("\x07CCO", "'\\x07'"),
+        ("CCÖ", "'Ö'"),
+        ("C\ud800", "'\\ud800'"),
+        ("O\u200b", "'\\u200b'"),
+    ],
 )
 def test_characters_rdkit_would_drop_or_cannot_encode_are_refused_by_name(smiles, bad):
     # problem 8: '中O' parsed as water, 'CCO\x00' as ethanol, a lone surrogate gave a codec error naming nothing
@@ -99,7 +106,11 @@ def test_error_messages_cut_huge_inputs():
 def test_the_default_limits_cover_the_datasets_with_room_to_spare():
     from conftest import read_data_smiles
 
-    smiles = read_data_smiles("chebi20_smiles.tsv") + read_data_smiles("pubchem_iupac_train.tsv") + read_data_smiles("qm9_homo_lumo_gap.tsv")
+    smiles = (
+        read_data_smiles("chebi20_smiles.tsv")
+        + read_data_smiles("pubchem_iupac_train.tsv")
+        + read_data_smiles("qm9_homo_lumo_gap.tsv")
+    )
     longest = max(len(text) for text in smiles)
     largest = max(parse_smiles(text).GetNumAtoms() for text in smiles)
     assert longest * 10 < MAX_SMILES_LENGTH and largest * 4 < MAX_ATOMS
@@ -145,4 +156,6 @@ def test_special_tokens_in_message_text_cannot_forge_turns(tiny, content_as_item
     with pytest.raises(ValueError, match=r"message 1 contains the special token '</s>'"):
         processor.apply_chat_template(answer, tokenize=False)
     # the placeholder stays the one special token a message may hold
-    assert "Compare <graph> with water." in processor.apply_chat_template([{"role": "user", "content": "Compare <graph> with water."}])
+    assert "Compare <graph> with water." in processor.apply_chat_template(
+        [{"role": "user", "content": "Compare <graph> with water."}]
+    )

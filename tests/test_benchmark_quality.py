@@ -9,12 +9,13 @@ import pathlib
 
 import pytest
 from conftest import read_data_smiles
+from run_benchmark import main as run_benchmark
+
+from llamo.data import DataSource, load_source
 
 from quality import data as split_module  # benchmarks/ is on sys.path (conftest.py), as for the script itself
 from quality.data import canonical, prepare_splits, read_rows
 from quality.report import MARKERS, build_report, update_readme, write_report
-from run_benchmark import main as run_benchmark
-from llamo.data import DataSource, load_source
 
 
 @pytest.fixture

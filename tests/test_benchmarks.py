@@ -8,11 +8,12 @@ import pytest
 import torch
 from bench_memory import growth  # benchmarks/ is on sys.path (conftest.py)
 from bench_training import processor_collate
-from common import Target, chat_batch, interleaved_timings, text_only_inputs
 from conftest import MOLECULES
 from peak_rss import run_with_peak_rss
 
 from configuration_llamo import GRAPH_INPUT_NAMES
+
+from common import Target, chat_batch, interleaved_timings, text_only_inputs
 
 
 def test_text_only_inputs_replace_every_slot_and_keep_the_length(tiny):

@@ -34,7 +34,9 @@ def truncate(path: pathlib.Path) -> None:
 
 
 TEARS = {
-    "killed after the weights": lambda p: [(p / name).unlink() for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")],
+    "killed after the weights": lambda p: [
+        (p / name).unlink() for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
+    ],
     "killed after the optimizer": lambda p: [(p / name).unlink() for name in ("rng_state.pth", "trainer_state.json")],
     "truncated weights": lambda p: truncate(p / "model.safetensors"),
     "missing weights": lambda p: (p / "model.safetensors").unlink(),
@@ -55,7 +57,9 @@ def test_last_skips_a_torn_newest_checkpoint_and_names_it(tmp_path, tear):
     torn = write_checkpoint(tmp_path, 10)  # numeric order: checkpoint-10 is newer than checkpoint-2
     TEARS[tear](torn)
     assert checkpoint_problem(torn) is not None
-    with pytest.warns(UserWarning, match=r"resuming from checkpoint-2; skipped incomplete newer checkpoint\(s\): checkpoint-10 \("):
+    with pytest.warns(
+        UserWarning, match=r"resuming from checkpoint-2; skipped incomplete newer checkpoint\(s\): checkpoint-10 \("
+    ):
         assert last_complete_checkpoint(tmp_path) == str(complete)
 
 
@@ -71,7 +75,10 @@ def test_no_complete_checkpoint_means_a_fresh_start_with_a_warning(tmp_path):
 def test_sharded_weights_need_every_shard(tmp_path):
     path = write_checkpoint(tmp_path, 2)
     (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"weight": "model-00001-of-00002.safetensors", "bias": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"weight": "model-00001-of-00002.safetensors", "bias": "model-00002-of-00002.safetensors"},
+    }
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert checkpoint_problem(path) == "weight shard(s) missing: model-00002-of-00002.safetensors"
     save_file({"bias": torch.zeros(3)}, str(path / "model-00002-of-00002.safetensors"))
@@ -101,7 +108,9 @@ def test_training_resumes_from_the_last_complete_checkpoint_bit_exactly(tmp_path
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")
     truncate(resumed / "checkpoint-4" / "model.safetensors")  # a kill while writing the newest weights
-    with pytest.warns(UserWarning, match=r"skipped incomplete newer checkpoint\(s\): checkpoint-4 \(model.safetensors does not open"):
+    with pytest.warns(
+        UserWarning, match=r"skipped incomplete newer checkpoint\(s\): checkpoint-4 \(model.safetensors does not open"
+    ):
         summary = train([*argv, "--output_dir", str(resumed), "--resume_from_checkpoint", "last"])
     assert summary["steps"] == 4
     expected = LlamoForConditionalGeneration.from_pretrained(straight).state_dict()

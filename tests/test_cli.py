@@ -36,7 +36,18 @@ def test_train_sft_reports_a_missing_init_folder_before_any_hub_call(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"smiles": "CCO", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n')
     with pytest.raises(ValueError, match="--init_from .*no such folder"):
-        train(["--stage", "2", "--init_from", str(tmp_path / "stage1-typo"), "--datasets", str(data), "--output_dir", str(tmp_path / "o")])
+        train(
+            [
+                "--stage",
+                "2",
+                "--init_from",
+                str(tmp_path / "stage1-typo"),
+                "--datasets",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 def test_train_sft_help_starts_with_a_description_and_llamo_flags():
@@ -53,7 +64,9 @@ def test_demo_and_eval_use_underscored_flags_and_accept_the_old_demo_spelling():
 
     assert parse_args(["--max_new_tokens", "7"]).max_new_tokens == 7
     assert parse_args(["--max-new-tokens", "9"]).max_new_tokens == 9
-    help_text = subprocess.run([sys.executable, "-m", "llamo.evaluation", "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "llamo.evaluation", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--max_new_tokens" in help_text and "--max-new-tokens" not in help_text
 
 

@@ -7,8 +7,8 @@ import torch
 from transformers import AutoConfig, LlamaConfig, OPTConfig, Qwen2Config
 
 from configuration_llamo import PROJECTOR_TYPES, LlamoConfig
-from modeling_llamo import LlamoForConditionalGeneration
 from llamo.tiny import build_tiny_llamo
+from modeling_llamo import LlamoForConditionalGeneration
 
 
 def test_defaults_are_the_released_llamo():
@@ -25,7 +25,15 @@ def test_defaults_are_the_released_llamo():
 
 @pytest.mark.parametrize(
     "projector_type, tokens",
-    [("multilevel", 28), ("multilevel_no_motif", 24), ("resampler", 28), ("mlp_low", None), ("mlp_high", None), ("mlp_concat", None), ("none", 0)],
+    [
+        ("multilevel", 28),
+        ("multilevel_no_motif", 24),
+        ("resampler", 28),
+        ("mlp_low", None),
+        ("mlp_high", None),
+        ("mlp_concat", None),
+        ("none", 0),
+    ],
 )
 def test_graph_tokens_per_projector_type(projector_type, tokens):
     assert LlamoConfig(projector_type=projector_type).num_graph_tokens == tokens
@@ -52,7 +60,13 @@ def test_invalid_values_are_refused(fields, message):
 
 def test_round_trip_through_json(tmp_path):
     config = LlamoConfig(
-        text_config={"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128},
+        text_config={
+            "model_type": "llama",
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 128,
+        },
         projector_type="resampler",
         gnn_hidden_size=64,
         motif_tokens_first=False,
@@ -67,7 +81,14 @@ def test_round_trip_through_json(tmp_path):
     "text_config",
     [
         OPTConfig(vocab_size=300, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32),
-        Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+        Qwen2Config(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
     ],
     ids=["opt", "qwen2"],
 )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import inspect
 import io
+import re
 
 import pytest
 import torch
@@ -23,7 +23,9 @@ from modeling_llamo import LlamoForConditionalGeneration
 
 
 # the name transformers gives the KV cache: `cache` since 5.24, `past_key_values` before
-CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+CACHE_ARGUMENT = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+)
 NEW_TOKENS = 8
 GREEDY = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
@@ -46,7 +48,9 @@ def chat(model_and_processor):
             {"type": "text", "text": "?"},
         ]}
     ]  # fmt: skip
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     reference = model.generate(**inputs, **GREEDY)
     return inputs, reference
 
@@ -159,7 +163,9 @@ def test_prompt_lookup_decoding_equals_greedy(model_and_processor, chat):
     assert torch.equal(model.generate(**inputs, prompt_lookup_num_tokens=3, **GREEDY), reference)
 
 
-@pytest.mark.skipif(CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (README)")
+@pytest.mark.skipif(
+    CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (README)"
+)
 def test_chunked_prefill_that_splits_the_graph_slots_raises_a_clear_error(model_and_processor, chat):
     model, _ = model_and_processor
     inputs, _ = chat
@@ -305,7 +311,12 @@ def test_torch_save_and_safetensors_round_trips_give_identical_weights_and_logit
     model.save_pretrained(tmp_path / "pretrained")
     from_pretrained = LlamoForConditionalGeneration.from_pretrained(tmp_path / "pretrained")
 
-    for name, loaded in [("state_dict", from_state_dict), ("pickle", pickled), ("safetensors", from_safetensors), ("from_pretrained", from_pretrained)]:
+    for name, loaded in [
+        ("state_dict", from_state_dict),
+        ("pickle", pickled),
+        ("safetensors", from_safetensors),
+        ("from_pretrained", from_pretrained),
+    ]:
         loaded_state = loaded.state_dict()
         assert loaded_state.keys() == state.keys(), name
         for key, value in state.items():
@@ -358,7 +369,9 @@ def test_gradient_checkpointing_with_peft_enable_input_require_grads_trains_lora
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
             assert base.model.language_model.gradient_checkpointing
             base.enable_input_require_grads()  # what PEFT's prepare_model_for_kbit_training / TRL call
-        peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False))
+        peft_model = get_peft_model(
+            base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
+        )
         peft_model.base_model.model.model.graph_encoder.eval()  # same BatchNorm statistics in both runs
         loss = peft_model(**inputs, labels=inputs["input_ids"]).loss
         loss.backward()
@@ -399,7 +412,10 @@ def test_a_template_reading_typed_content_renders_what_the_tokenizer_renders(mod
     for template in (TYPED_TEMPLATE, FIRST_ITEM_TEMPLATE):
         expected = processor.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
         assert processor.apply_chat_template(messages, chat_template=template) == expected
-    assert processor.apply_chat_template(messages, chat_template=FIRST_ITEM_TEMPLATE) == "[user] What is caffeine?\n[assistant] A stimulant.\n"
+    assert (
+        processor.apply_chat_template(messages, chat_template=FIRST_ITEM_TEMPLATE)
+        == "[user] What is caffeine?\n[assistant] A stimulant.\n"
+    )
 
 
 def test_molecule_items_become_graph_placeholders_in_place_for_any_template(model_and_processor):
@@ -412,7 +428,9 @@ def test_molecule_items_become_graph_placeholders_in_place_for_any_template(mode
             {"type": "molecule", "smiles": "CC(=O)O"},
         ]}
     ]  # fmt: skip
-    expected = processor.tokenizer.apply_chat_template(as_text_items(messages), chat_template=TYPED_TEMPLATE, add_generation_prompt=True, tokenize=False)
+    expected = processor.tokenizer.apply_chat_template(
+        as_text_items(messages), chat_template=TYPED_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
     rendered = processor.apply_chat_template(messages, chat_template=TYPED_TEMPLATE, add_generation_prompt=True)
     assert rendered == expected == "<s>user: Compare <graph> and <graph>\nassistant:"
     tokenized = processor.apply_chat_template(
@@ -460,32 +478,47 @@ def test_message_objects_render_and_tokenize_like_dicts(model_and_processor):
         {"role": "assistant", "content": "An analgesic."},
         {"role": "user", "content": [{"type": "text", "text": "And its formula?"}]},
     ]
-    expected = processor.apply_chat_template(dicts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    expected = processor.apply_chat_template(
+        dicts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     for conversation in (objects, Conversation(objects)):
-        assert processor.apply_chat_template(conversation, add_generation_prompt=True) == processor.apply_chat_template(dicts, add_generation_prompt=True)
-        got = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        assert processor.apply_chat_template(conversation, add_generation_prompt=True) == processor.apply_chat_template(
+            dicts, add_generation_prompt=True
+        )
+        got = processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
         assert got.keys() == expected.keys()
         for key in expected:
             assert torch.equal(got[key], expected[key]), key
     batch = processor.apply_chat_template([Conversation(objects), Conversation(objects[:1])], add_generation_prompt=True)
-    assert batch == [processor.apply_chat_template(dicts, add_generation_prompt=True), processor.apply_chat_template(dicts[:1], add_generation_prompt=True)]
+    assert batch == [
+        processor.apply_chat_template(dicts, add_generation_prompt=True),
+        processor.apply_chat_template(dicts[:1], add_generation_prompt=True),
+    ]
 
 
 def test_the_default_template_joins_typed_items_with_spaces_as_before(model_and_processor):
     _, processor = model_and_processor
     typed = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, *user_turn("CCO", "Describe it.")]
     as_string = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<graph> Describe it."}]
-    assert processor.apply_chat_template(typed, add_generation_prompt=True) == processor.apply_chat_template(as_string, add_generation_prompt=True)
+    assert processor.apply_chat_template(typed, add_generation_prompt=True) == processor.apply_chat_template(
+        as_string, add_generation_prompt=True
+    )
     assert processor.apply_chat_template(typed) == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<graph> Describe it. [/INST]"
 
 
 def test_a_template_saved_by_an_earlier_release_still_gets_joined_string_content(model_and_processor):
     _, processor = model_and_processor
-    legacy = processor.chat_template.replace(
-        "{%- macro content_text(content) -%}{%- if content is string -%}{{ content }}{%- else -%}{%- for item in content -%}"
-        "{%- if not loop.first %} {% endif -%}{{ item['text'] }}{%- endfor -%}{%- endif -%}{%- endmacro -%}",
-        "",
-    ).replace("content_text(messages[0]['content'])", "messages[0]['content']").replace("content_text(message['content'])", "message['content']")
+    legacy = (
+        processor.chat_template.replace(
+            "{%- macro content_text(content) -%}{%- if content is string -%}{{ content }}{%- else -%}{%- for item in content -%}"
+            "{%- if not loop.first %} {% endif -%}{{ item['text'] }}{%- endfor -%}{%- endif -%}{%- endmacro -%}",
+            "",
+        )
+        .replace("content_text(messages[0]['content'])", "messages[0]['content']")
+        .replace("content_text(message['content'])", "message['content']")
+    )
     # ... and without the later check that refuses molecule items rendered by the tokenizer alone
     legacy = re.sub(r"\{%- if message\['content'\] is not string and .*?\{%- endif -%\}", "", legacy, count=1)
     from processing_llamo import LEGACY_CHAT_TEMPLATE_SHA256

@@ -25,11 +25,11 @@ from tokenizers import Tokenizer
 from torch.nn import functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from llamo.convert import CheckpointConversionError, convert_llamo_checkpoint, load_original_checkpoint, main
 from featurization_llamo import functional_groups, motif_descriptors
+from llamo.convert import CheckpointConversionError, convert_llamo_checkpoint, load_original_checkpoint, main
+from llamo.tiny import TOKENIZER_DIR
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import DEFAULT_CHAT_TEMPLATE, LlamoProcessor
-from llamo.tiny import TOKENIZER_DIR
 
 
 SYSTEM_MESSAGE = "The following is a conversation between a curious human and AI assistant."  # the original's

@@ -35,8 +35,15 @@ def write(path, text: str):
 
 def test_messages_jsonl_with_its_task_labels(tmp_path):
     rows = [
-        {"smiles": "CCO", "messages": [{"role": "user", "content": "Formula?"}, {"role": "assistant", "content": "C2H6O"}], "task": "facts"},
-        {"smiles": "CCN", "messages": [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": "An amine."}]},
+        {
+            "smiles": "CCO",
+            "messages": [{"role": "user", "content": "Formula?"}, {"role": "assistant", "content": "C2H6O"}],
+            "task": "facts",
+        },
+        {
+            "smiles": "CCN",
+            "messages": [{"role": "user", "content": "Describe it."}, {"role": "assistant", "content": "An amine."}],
+        },
         {"smiles": "CCC", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]},
         {"smiles": 5, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "x"}]},
         {"smiles": "CC", "messages": [{"role": "robot", "content": "Hi"}]},
@@ -69,11 +76,16 @@ def test_iupac_property_and_instruction_tables(tmp_path):
     assert [m[1]["content"] for m in dataset["messages"]] == ["ethanol", "acetic acid"]
     assert "IUPAC" in dataset[0]["messages"][0]["content"]
 
-    qm9 = write(tmp_path / "qm9.csv", "Index,SMILES,HOMO_au,LUMO_au,HOMO_LUMO_gap_au\n1,C,-0.3877,0.1171,0.5048\n2,N,abc,0.0829,0.3399\n")
+    qm9 = write(
+        tmp_path / "qm9.csv", "Index,SMILES,HOMO_au,LUMO_au,HOMO_LUMO_gap_au\n1,C,-0.3877,0.1171,0.5048\n2,N,abc,0.0829,0.3399\n"
+    )
     dataset, skipped = load_source(DataSource.parse(qm9))  # detected from the columns
     # row 2's bad HOMO is skipped on its own: its LUMO and gap are kept
     assert [m[1]["content"] for m in dataset["messages"]] == ["-0.3877", "0.1171", "0.5048", "0.0829", "0.3399"]
-    assert ["HOMO energy" in dataset[0]["messages"][0]["content"], "HOMO-LUMO gap" in dataset[2]["messages"][0]["content"]] == [True, True]
+    assert ["HOMO energy" in dataset[0]["messages"][0]["content"], "HOMO-LUMO gap" in dataset[2]["messages"][0]["content"]] == [
+        True,
+        True,
+    ]
     assert skipped.counts == {"auto:qm9.csv: non-numeric property": 1}
     assert skipped.examples["auto:qm9.csv: non-numeric property"] == ["row 1: homo='abc'"]
 
@@ -102,7 +114,9 @@ def test_mol_instructions_selfies_are_converted(tmp_path):
     ]
     path = write(tmp_path / "mol.json", json.dumps(rows))
     dataset, skipped = load_source(DataSource.parse(f"mol_instructions:{path}"))
-    assert dataset[0]["smiles"] == [selfies.decoder(reactants)] and dataset[0]["messages"][1]["content"] == selfies.decoder(product)
+    assert dataset[0]["smiles"] == [selfies.decoder(reactants)] and dataset[0]["messages"][1]["content"] == selfies.decoder(
+        product
+    )
     assert Chem.CanonSmiles(dataset[0]["messages"][1]["content"]) == Chem.CanonSmiles("CCOC(C)=O")
     assert Chem.CanonSmiles(dataset[1]["smiles"][0]) == "c1ccccc1"
     assert dataset[2]["smiles"] == [] and dataset[2]["messages"][0]["content"] == "Design a molecule. A small alcohol."
@@ -168,10 +182,26 @@ def test_encoding_skips_what_cannot_be_used_and_says_why(processor, tmp_path):
 
     conversations = datasets.Dataset.from_list(
         [
-            {"smiles": ["CCO"], "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "task": "t"},
-            {"smiles": ["C1CC("], "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "task": "t"},
-            {"smiles": [".".join([MOLECULES["aspirin"]] * 4)], "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "task": "t"},
-            {"smiles": ["CCN"], "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A " * 200}], "task": "t"},
+            {
+                "smiles": ["CCO"],
+                "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                "task": "t",
+            },
+            {
+                "smiles": ["C1CC("],
+                "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                "task": "t",
+            },
+            {
+                "smiles": [".".join([MOLECULES["aspirin"]] * 4)],
+                "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                "task": "t",
+            },
+            {
+                "smiles": ["CCN"],
+                "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A " * 200}],
+                "task": "t",
+            },
         ]
     )
     encoded, skipped = encode_dataset(conversations, processor, max_length=100)
@@ -188,7 +218,9 @@ def test_collator_pads_right_and_joins_the_molecules_like_the_processor(processo
         ([], "What is a ring?"),
     ]  # fmt: skip
     rows = [
-        encode_conversation(smiles, [{"role": "user", "content": q}, {"role": "assistant", "content": "Answer."}], processor, None)
+        encode_conversation(
+            smiles, [{"role": "user", "content": q}, {"role": "assistant", "content": "Answer."}], processor, None
+        )
         for smiles, q in conversations
     ]
     batch = LlamoDataCollator(pad_token_id=processor.tokenizer.pad_token_id)(rows)
@@ -198,7 +230,9 @@ def test_collator_pads_right_and_joins_the_molecules_like_the_processor(processo
         assert batch["attention_mask"][index].tolist() == [1] * length + [0] * (max(lengths) - length)
         assert (batch["labels"][index, length:] == -100).all()
         assert (batch["input_ids"][index, length:] == processor.tokenizer.pad_token_id).all()
-    reference = processor(text=["<graph>", "<graph> <graph>"], smiles=[c[0] for c in conversations[:2]], return_tensors="pt", padding=True)
+    reference = processor(
+        text=["<graph>", "<graph> <graph>"], smiles=[c[0] for c in conversations[:2]], return_tensors="pt", padding=True
+    )
     for key in reference:
         if key.startswith("graph_"):
             assert torch.equal(batch[key], reference[key]), key
@@ -207,7 +241,9 @@ def test_collator_pads_right_and_joins_the_molecules_like_the_processor(processo
 def test_split_by_molecule_is_deterministic_and_molecule_disjoint(processor):
     import datasets
 
-    rows = [{"smiles": [s], "messages": [], "task": ""} for s in ["CCO", "OCC", "C(O)C"] * 3 + [f"C{'C' * i}N" for i in range(60)]]
+    rows = [
+        {"smiles": [s], "messages": [], "task": ""} for s in ["CCO", "OCC", "C(O)C"] * 3 + [f"C{'C' * i}N" for i in range(60)]
+    ]
     train, held = split_by_molecule(datasets.Dataset.from_list(rows), 0.3)
     assert len(train) + len(held) == len(rows) and 0 < len(held) < len(rows)
     canonical = lambda ds: {s for (s,) in ds["smiles"] if s in ("CCO", "OCC", "C(O)C")}  # noqa: E731
@@ -217,6 +253,10 @@ def test_split_by_molecule_is_deterministic_and_molecule_disjoint(processor):
 
 
 def test_chat_layout_from_generated_rows_matches_the_processor(processor):
-    row = encode_conversation(["CCO"], [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "Ethanol."}], processor, None)
-    expected = processor.apply_chat_template([*user_turn("CCO", "Describe."), {"role": "assistant", "content": "Ethanol."}], tokenize=True)
+    row = encode_conversation(
+        ["CCO"], [{"role": "user", "content": "Describe."}, {"role": "assistant", "content": "Ethanol."}], processor, None
+    )
+    expected = processor.apply_chat_template(
+        [*user_turn("CCO", "Describe."), {"role": "assistant", "content": "Ethanol."}], tokenize=True
+    )
     assert row["input_ids"] == expected[0]

@@ -35,13 +35,17 @@ def qa(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e400, "inf", "NaN", "-Infinity", " 1_000 ", "1e400", "0x10", True, None, ""])
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("nan"), 1e400, "inf", "NaN", "-Infinity", " 1_000 ", "1e400", "0x10", True, None, ""]
+)
 def test_non_finite_or_odd_numbers_are_not_property_answers(value):
     with pytest.raises(ValueError):
         finite_number(value)
 
 
-@pytest.mark.parametrize("value, number", [("-0.3877", -0.3877), (" 0.25 ", 0.25), ("1e-3", 0.001), (2, 2.0), (".5", 0.5), ("+3.", 3.0)])
+@pytest.mark.parametrize(
+    "value, number", [("-0.3877", -0.3877), (" 0.25 ", 0.25), ("1e-3", 0.001), (2, 2.0), (".5", 0.5), ("+3.", 3.0)]
+)
 def test_plain_numbers_are_property_answers(value, number):
     assert finite_number(value) == number
 
@@ -86,14 +90,23 @@ def format_rows(fmt: str) -> tuple[list[dict], int]:
         rows += [{"smiles": good, "instruction": "", "input": "", "output": "A."}]
     elif fmt in ("caption", "iupac"):
         column = "description" if fmt == "caption" else "iupac_name"
-        rows = [{"smiles": s, column: "text"} for s in [good, *bad]] + [{"smiles": good, column: ""}, {"smiles": None, column: "x"}]
+        rows = [{"smiles": s, column: "text"} for s in [good, *bad]] + [
+            {"smiles": good, column: ""},
+            {"smiles": None, column: "x"},
+        ]
     elif fmt == "property":
         rows = [{"smiles": s, "homo": -0.2, "lumo": "inf", "gap": 0.3} for s in [good, *bad]]
         return rows, 3 * len(rows)
     else:  # mol_instructions
         encoded = selfies.encoder(good)
-        rows = [{"instruction": "Describe.", "input": encoded, "output": "A."}, {"instruction": "Describe.", "input": "[C][Branch1", "output": "A."}]
-        rows += [{"instruction": "Describe.", "input": "plain text", "output": "A."}, {"instruction": "Q?", "input": "", "output": ""}]
+        rows = [
+            {"instruction": "Describe.", "input": encoded, "output": "A."},
+            {"instruction": "Describe.", "input": "[C][Branch1", "output": "A."},
+        ]
+        rows += [
+            {"instruction": "Describe.", "input": "plain text", "output": "A."},
+            {"instruction": "Q?", "input": "", "output": ""},
+        ]
         rows += [{"instruction": "Q?", "input": selfies.encoder("CCO"), "output": "x" * 200_000}]
     return rows, len(rows)
 

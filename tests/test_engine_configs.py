@@ -99,7 +99,12 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_laye
     [
         (LlamaConfig(**TINY), "LlamaDecoderLayer"),
         (Qwen2Config(**TINY), "Qwen2DecoderLayer"),
-        (OPTConfig(vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32), "OPTDecoderLayer"),
+        (
+            OPTConfig(
+                vocab_size=64, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32
+            ),
+            "OPTDecoderLayer",
+        ),
     ],
 )
 def test_fsdp_wrap_policy_follows_the_backbone(text_config, layer):

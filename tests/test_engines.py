@@ -55,7 +55,15 @@ def accelerate_config(tmp_path: pathlib.Path, deepspeed_config: dict | None) -> 
 
 def launch(tmp_path: pathlib.Path, argv: list[str], deepspeed_config: dict | None = None) -> str:
     config = accelerate_config(tmp_path, deepspeed_config)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), str(ROOT / "train_sft.py"), *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        str(ROOT / "train_sft.py"),
+        *argv,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
@@ -146,7 +154,9 @@ def test_deepspeed_zero3_builds_stage1_around_an_llm_and_saves_it_whole(setup, t
     assert "gathered from zero3 parameters" in stdout
     saved, checkpoint = weights(tmp_path / "out"), load_file(llm / "model.safetensors")
     assert all(tensor.numel() > 0 for tensor in saved.values())
-    language_model = {key.replace("model.", "model.language_model.", 1): value for key, value in checkpoint.items() if key.startswith("model.")}
+    language_model = {
+        key.replace("model.", "model.language_model.", 1): value for key, value in checkpoint.items() if key.startswith("model.")
+    }
     difference, key = max_difference(language_model, {k: v for k, v in saved.items() if k in language_model})
     print(f"\n[ZeRO-3 stage 1] max |frozen LLM weight - checkpoint| = {difference:.3g} ({key})")
     assert difference == 0

@@ -9,8 +9,9 @@ import pathlib
 import pytest
 
 from llamo.baselines import MorganRetrieval, TrainMean
-from llamo.evaluation import Example, main as evaluate_main, question_kind, score
 from llamo.data import PROPERTY_INSTRUCTIONS
+from llamo.evaluation import Example, question_kind, score
+from llamo.evaluation import main as evaluate_main
 from train_sft import main as train
 
 
@@ -45,7 +46,15 @@ def test_score_picks_the_metrics_of_each_task_family():
     # property: |-0.2 - -0.25| = 0.05 and |0.25 - 0.2| = 0.05 parse, "no idea" does not -> MAE 0.05, 1 of 3 unparsable
     assert results["property"]["mae"] == pytest.approx(0.05) and results["property"]["unparsable"] == 1
     assert results["property"]["by_property"]["gap"] == pytest.approx(
-        {"n": 2, "mae": 0.05, "parsed": 1, "unparsable": 1, "unparsable_share": 0.5, "invalid_references": 0, "distinct_answer_share": 1.0}
+        {
+            "n": 2,
+            "mae": 0.05,
+            "parsed": 1,
+            "unparsable": 1,
+            "unparsable_share": 0.5,
+            "invalid_references": 0,
+            "distinct_answer_share": 1.0,
+        }
     )
     # the ester written from the other end is the same molecule
     assert results["forward_reaction"]["exact_match_inchi"] == 1 and results["forward_reaction"]["exact_match"] == 0
@@ -144,7 +153,18 @@ def specs(task_files: dict[str, pathlib.Path]) -> list[str]:
 def trained_folder(tmp_path_factory, task_files) -> pathlib.Path:
     """A stage-2 folder written by train_sft.py (2 steps from the tiny model) on all four task types."""
     folder = tmp_path_factory.mktemp("stage2")
-    options = "--stage 2 --max_steps 2 --save_strategy no --per_device_train_batch_size 4 --logging_steps 1".split()
+    options = [
+        "--stage",
+        "2",
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+    ]
     train([*options, "--datasets", *specs(task_files), "--output_dir", str(folder)])
     return folder
 
@@ -205,8 +225,15 @@ def test_evaluation_results_go_into_the_card_metadata_and_a_table(tmp_path):
     from llamo.model_card import add_evaluation_to_card
 
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# model\n")
-    results = {"examples": 7, "tasks": {"property": {"n": 7, "family": "property", "mae": 0.25, "parsed": 5, "unparsable_share": 2 / 7}}}
+    results = {
+        "examples": 7,
+        "tasks": {"property": {"n": 7, "family": "property", "mae": 0.25, "parsed": 5, "unparsable_share": 2 / 7}},
+    }
     add_evaluation_to_card(tmp_path, results, "qm9.tsv")
     card = ModelCard.load(tmp_path / "README.md")
-    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [("mae", 0.25), ("parsed", 5.0), ("unparsable_share", 2 / 7)]
+    assert [(r.metric_type, r.metric_value) for r in card.data.eval_results] == [
+        ("mae", 0.25),
+        ("parsed", 5.0),
+        ("unparsable_share", 2 / 7),
+    ]
     assert card.data.license == "mit" and "| qm9.tsv (property) | mae | 0.25 |" in card.text

@@ -44,7 +44,9 @@ def mols() -> list[Chem.Mol]:
 def test_marked_atoms_equal_the_smarts_definition(mols):
     patterns = [Chem.MolFromSmarts(smarts) for smarts in MARKER_SMARTS]
     for mol in mols:
-        expected = {atom for pattern in patterns for match in mol.GetSubstructMatches(pattern, maxMatches=10**6) for atom in match}
+        expected = {
+            atom for pattern in patterns for match in mol.GetSubstructMatches(pattern, maxMatches=10**6) for atom in match
+        }
         assert set(np.flatnonzero(marked_atoms(mol)).tolist()) == expected, Chem.MolToSmiles(mol)
 
 

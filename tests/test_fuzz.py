@@ -124,7 +124,9 @@ def test_processor_survives_the_issue_18_input_classes_in_a_child_process(tmp_pa
 
     log = tmp_path / "inputs.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", HARNESS, str(log)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(log)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     last = log.read_text().splitlines()[-1:] if log.exists() else []
     assert result.returncode == 0, f"child died with {result.returncode} on input {last}: {result.stderr[-1500:]}"
     stats = json.loads(result.stdout.strip().splitlines()[-1])

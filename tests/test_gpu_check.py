@@ -23,7 +23,9 @@ def test_the_gpu_model_is_llama_shaped_and_about_one_billion_parameters():
 def test_without_a_gpu_the_check_says_so(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    result = subprocess.run([str(ROOT / "scripts" / "gpu_check.sh"), "--output_dir", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "gpu_check.sh"), "--output_dir", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode != 0 and "no GPU found" in result.stderr
 
 

@@ -27,7 +27,8 @@ ISOMERS = ["CCCCCC", "CC(C)CCC", "CCC(C)CC", "CC(C)(C)CC", "CC(C)C(C)C", "C1CCCC
 
 def counting_examples(molecules=MOLECULES) -> list[Example]:
     return [
-        Example(i, "count", [smiles], [{"role": "user", "content": QUESTION}], str(len(smiles))) for i, smiles in enumerate(molecules)
+        Example(i, "count", [smiles], [{"role": "user", "content": QUESTION}], str(len(smiles)))
+        for i, smiles in enumerate(molecules)
     ]
 
 
@@ -81,7 +82,8 @@ def test_a_model_that_reads_the_answer_off_the_graph_has_positive_reliance():
     model, processor = build_tiny_llamo(seed=0, projector_type="mlp_high")
     processor.smiles_in_prompt = False
     examples = [
-        Example(i, "which", [smiles], [{"role": "user", "content": "Which one is it?"}], str(i + 1)) for i, smiles in enumerate(ISOMERS)
+        Example(i, "which", [smiles], [{"role": "user", "content": "Which one is it?"}], str(i + 1))
+        for i, smiles in enumerate(ISOMERS)
     ]
     before = graph_reliance(model, processor, examples, batch_size=8)["which"]
     rows = [
@@ -112,7 +114,10 @@ def test_property_scores_count_distinct_answers():
 
 
 def graph_batch(processor, molecules):
-    rows = [encode_conversation([s], [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], processor, None) for s in molecules]
+    rows = [
+        encode_conversation([s], [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], processor, None)
+        for s in molecules
+    ]
     batch = LlamoDataCollator(pad_token_id=0)(rows)
     return {key: value for key, value in batch.items() if key.startswith("graph_")}
 
@@ -159,7 +164,10 @@ def test_size_token_adds_one_slot_whose_norm_grows_with_the_molecule():
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"projector_attention": "sharp"}, "projector_attention"), ({"projector_type": "mlp_high", "graph_size_token": True}, "graph_size_token")],
+    [
+        ({"projector_attention": "sharp"}, "projector_attention"),
+        ({"projector_type": "mlp_high", "graph_size_token": True}, "graph_size_token"),
+    ],
 )
 def test_projector_options_are_checked(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -173,7 +181,10 @@ def test_projector_options_are_checked(overrides, message):
 @pytest.fixture(scope="module")
 def counting_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("data") / "count.jsonl"
-    rows = [{"smiles": s, "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": str(len(s))}]} for s in MOLECULES]
+    rows = [
+        {"smiles": s, "messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": str(len(s))}]}
+        for s in MOLECULES
+    ]
     path.write_text("\n".join(json.dumps(row) for row in rows * 3))
     return str(path)
 
@@ -192,13 +203,16 @@ def test_stage2_can_train_the_graph_encoder_and_hide_the_smiles(tmp_path, counti
     processor = LlamoProcessor.from_pretrained(tmp_path)
     assert processor.smiles_in_prompt is False
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "q"}]}], add_generation_prompt=True
+        [{"role": "user", "content": [{"type": "molecule", "smiles": "CCO"}, {"type": "text", "text": "q"}]}],
+        add_generation_prompt=True,
     )
     assert "CCO" not in prompt
 
 
 def test_stage2_freezes_the_graph_encoder_by_default(tmp_path, counting_file):
-    summary = train(["--stage", "2", "--projector_type", "mlp_high", "--datasets", counting_file, "--output_dir", str(tmp_path), *FAST])
+    summary = train(
+        ["--stage", "2", "--projector_type", "mlp_high", "--datasets", counting_file, "--output_dir", str(tmp_path), *FAST]
+    )
     assert summary["trainable_parameters"]["graph_encoder"] == 0
 
 

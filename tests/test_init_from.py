@@ -19,4 +19,7 @@ def test_init_from_loads_the_local_classes_without_executing_the_folders_code(tm
     assert not marker.exists()
     assert type(loaded_processor) is LlamoProcessor
     text = "<graph> What is it?"
-    assert loaded_processor(text=text, smiles=[MOLECULES["aspirin"]])["input_ids"] == processor(text=text, smiles=[MOLECULES["aspirin"]])["input_ids"]
+    assert (
+        loaded_processor(text=text, smiles=[MOLECULES["aspirin"]])["input_ids"]
+        == processor(text=text, smiles=[MOLECULES["aspirin"]])["input_ids"]
+    )

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import MOLECULES, ROOT
+from conftest import MOLECULES
 
 from featurization_llamo import parse_smiles
 from llamo.instructions import QUESTIONS, ask, describe, generate_examples, molecule_facts
@@ -56,7 +56,11 @@ def test_answers_are_the_computed_facts():
     assert ask("is_aromatic", molecule_facts(parse_smiles("CCO")), rng)[1] == "No"
     for _ in range(20):  # yes/no group questions: the answer matches the group named in the question
         question, answer = ask("has_group", facts, rng)
-        named = next(group for group in facts.groups + ("ester", "thiol", "nitrile", "ketone") if group in question) if answer == "Yes" else None
+        named = (
+            next(group for group in facts.groups + ("ester", "thiol", "nitrile", "ketone") if group in question)
+            if answer == "Yes"
+            else None
+        )
         assert (answer == "Yes") == (named is not None and named in facts.groups)
 
 

@@ -23,8 +23,12 @@ def test_pipeline_answers_chat_messages_with_the_molecule(tiny, tiny_folder):
     messages = user_turn(MOLECULES["aspirin"], "Describe this molecule.")
     result = pipe(messages, max_new_tokens=8, do_sample=False)
     # the same answer as the processor + generate path, which puts the graph into the slots
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    expected = processor.decode(model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    expected = processor.decode(
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     assert result[0]["generated_text"][:-1] == messages
     assert result[0]["generated_text"][-1] == {"role": "assistant", "content": expected.strip()}
     # a single question, and the task inferred from the config

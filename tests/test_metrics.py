@@ -130,7 +130,14 @@ def test_regression_counts_unparsable_answers():
 def test_a_reference_without_a_finite_number_is_counted_not_fatal():
     # issue 18 problem 5: one `inf` reference made the evaluation exit 1 after generating everything
     scores = regression_metrics(["1", "2", "0.5"], ["unknown", "inf", "0.25"])
-    assert scores == {"mae": 0.25, "parsed": 1, "unparsable": 0, "unparsable_share": 0.0, "invalid_references": 2, "distinct_answer_share": 1.0}
+    assert scores == {
+        "mae": 0.25,
+        "parsed": 1,
+        "unparsable": 0,
+        "unparsable_share": 0.0,
+        "invalid_references": 2,
+        "distinct_answer_share": 1.0,
+    }
     assert regression_metrics(["1"], ["nan"]) == {
         "mae": None, "parsed": 0, "unparsable": 0, "unparsable_share": None, "invalid_references": 1, "distinct_answer_share": 1.0,
     }  # fmt: skip
@@ -215,7 +222,14 @@ def test_parse_number_reads_the_sole_or_final_number_only(answer, value):
 def test_random_text_does_not_count_as_parsed():
     # the first-number rule scored 3 of these 3 gibberish answers as "parsed"
     scores = regression_metrics(["c1ccc2 ring 4 of 5 the", "CC1=CC(N)C1 the", "[NH3+]C(C)2 is is"], ["0.1", "0.2", "0.3"])
-    assert scores == {"mae": None, "parsed": 0, "unparsable": 3, "unparsable_share": 1.0, "invalid_references": 0, "distinct_answer_share": 1.0}
+    assert scores == {
+        "mae": None,
+        "parsed": 0,
+        "unparsable": 3,
+        "unparsable_share": 1.0,
+        "invalid_references": 0,
+        "distinct_answer_share": 1.0,
+    }
 
 
 def test_wordnet_copy_repairs_a_partial_target_and_leaves_no_staging_folder(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ from conftest import MOLECULES
 
 from configuration_llamo import PROJECTOR_TYPES
 from featurization_llamo import parse_smiles
-from modeling_llamo import LlamoForConditionalGeneration, select_graph_molecules
 from llamo.tiny import build_tiny_llamo
+from modeling_llamo import LlamoForConditionalGeneration, select_graph_molecules
 
 
 PROMPTS = ["<graph> Describe this molecule.", "Which is larger, <graph> or <graph>?"]
@@ -40,7 +40,9 @@ def test_shapes_at_each_stage(tiny):
     inputs = batch(processor)
     num_atoms = sum(parse_smiles(s).GetNumAtoms() for s in SMILES)
     with torch.no_grad():
-        levels = model.model.graph_encoder(inputs["graph_node_features"], inputs["graph_edge_index"], inputs["graph_edge_features"])
+        levels = model.model.graph_encoder(
+            inputs["graph_node_features"], inputs["graph_edge_index"], inputs["graph_edge_features"]
+        )
         graph = model.get_graph_features(**graph_inputs(inputs))
         out = model(**inputs)
     assert len(levels) == config.gnn_num_layers + 1 == 6
@@ -75,7 +77,9 @@ def test_slots_and_graph_vectors_that_disagree_raise(tiny):
     model, processor = tiny
     inputs = batch(processor)
     inputs["input_ids"][0, inputs["input_ids"][0].tolist().index(model.config.graph_token_id)] = 5  # drop one slot
-    with pytest.raises(ValueError, match="Graph features and graph tokens do not match: the input has 83 graph-token slots .* 84 graph vectors"):
+    with pytest.raises(
+        ValueError, match="Graph features and graph tokens do not match: the input has 83 graph-token slots .* 84 graph vectors"
+    ):
         model(**inputs)
 
 
@@ -96,7 +100,9 @@ def test_graph_changes_the_output_and_the_model_is_batch_invariant(tiny):
     with torch.no_grad():
         alone = model(**batch(processor, ["<graph> Describe."], [MOLECULES["aspirin"]])).logits
         other = model(**batch(processor, ["<graph> Describe."], [MOLECULES["caffeine"]])).logits
-        graph_alone = model.get_graph_features(**graph_inputs(batch(processor, ["<graph>"], [MOLECULES["caffeine"]]))).graph_features
+        graph_alone = model.get_graph_features(
+            **graph_inputs(batch(processor, ["<graph>"], [MOLECULES["caffeine"]]))
+        ).graph_features
         graph_batched = model.get_graph_features(**graph_inputs(batch(processor))).graph_features
     assert not torch.allclose(alone[0, -1], other[0, -1])
     torch.testing.assert_close(graph_batched[56:], graph_alone, rtol=1e-5, atol=1e-6)
@@ -133,7 +139,9 @@ def test_every_projector_type_runs_forward_and_backward(projector_type):
     out.loss.backward()
     slots = (inputs["input_ids"] == model.config.graph_token_id).sum().item()
     num_atoms = inputs.get("graph_node_batch", torch.empty(0)).numel()
-    expected_slots = {"multilevel": 3 * 28, "multilevel_no_motif": 3 * 24, "resampler": 3 * 28, "none": 0}.get(projector_type, num_atoms)
+    expected_slots = {"multilevel": 3 * 28, "multilevel_no_motif": 3 * 24, "resampler": 3 * 28, "none": 0}.get(
+        projector_type, num_atoms
+    )
     assert slots == expected_slots
     if projector_type == "none":
         assert model.model.graph_encoder is None and out.graph_outputs is None
@@ -233,7 +241,9 @@ def test_missing_weights_are_initialized_when_loading(tmp_path):
     loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path)
     assert 0.5 < loaded.model.projector.level_queries.std() < 1.5
     assert torch.isfinite(loaded.model.projector.head.mlp[0].weight).all()
-    torch.testing.assert_close(loaded.model.graph_encoder.layers[0].conv.nn[0].weight, model.model.graph_encoder.layers[0].conv.nn[0].weight)
+    torch.testing.assert_close(
+        loaded.model.graph_encoder.layers[0].conv.nn[0].weight, model.model.graph_encoder.layers[0].conv.nn[0].weight
+    )
 
 
 def test_sdpa_is_the_default_attention_and_gradient_checkpointing_gives_the_same_loss():

@@ -26,7 +26,11 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"llamo/assets/tokenizer/tokenizer.json", "pipeline_llamo.py", "modeling_llamo.py", "train_sft.py"} <= names
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     code = (
         "import llamo.tiny, train_sft\n"
         "assert llamo.tiny.__file__.startswith(sys.argv[1]), llamo.tiny.__file__\n"
@@ -34,6 +38,8 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
         "print(type(model).__name__, len(processor.tokenizer))"
     )
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", "import sys\n" + code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["LlamoForConditionalGeneration", "2048"]

@@ -11,8 +11,8 @@ import torch
 from conftest import MOLECULES, user_turn
 from rdkit import Chem
 
-from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
 from llamo.tiny import load_tiny_tokenizer
+from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
 
 
 SLOTS = 5

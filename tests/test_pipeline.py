@@ -30,7 +30,17 @@ def test_main_job_runs_end_to_end_and_reports_models_next_to_baselines(tmp_path)
         predictions = (out / "eval" / name / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == tasks["facts"]["n"] + tasks["property"]["n"]
     # --eval_only scores the folders already there again: greedy decoding and fixed baselines give the same numbers
-    command = [sys.executable, str(ROOT / "run_tiny_pipeline.py"), "--output_dir", str(out), "--molecules", "40", "--eval_per_task", "4", "--eval_only"]
+    command = [
+        sys.executable,
+        str(ROOT / "run_tiny_pipeline.py"),
+        "--output_dir",
+        str(out),
+        "--molecules",
+        "40",
+        "--eval_per_task",
+        "4",
+        "--eval_only",
+    ]
     subprocess.run(command, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert json.loads((out / "pipeline_results.json").read_text())["results"] == results["results"]
     run_fresh(f"path_or_hub_id = {str(out / 'llamo-tiny')!r}\n" + CONTRACT, cwd=tmp_path)

@@ -58,7 +58,9 @@ def test_fresh_model_from_a_config_in_bf16_keeps_the_islands_fp32():
 @pytest.mark.parametrize("dtype", ["auto", torch.bfloat16])
 def test_built_around_a_bf16_llm_checkpoint_the_new_gin_is_fp32(bf16_llm_folder, dtype):
     folder, config = bf16_llm_folder  # stage 1: the GIN and projector are not in the checkpoint (created fresh)
-    model = LlamoForConditionalGeneration.from_pretrained(folder, config=config, key_mapping={r"^": "model.language_model."}, dtype=dtype)
+    model = LlamoForConditionalGeneration.from_pretrained(
+        folder, config=config, key_mapping={r"^": "model.language_model."}, dtype=dtype
+    )
     assert_islands_fp32_and_llm_bf16(model)
 
 

@@ -7,8 +7,8 @@ import torch
 from conftest import MOLECULES, user_turn
 
 from featurization_llamo import parse_smiles, prompt_smiles
-from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
 from llamo.tiny import load_tiny_tokenizer
+from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ def test_each_placeholder_becomes_smiles_text_then_the_graph_slots(processor):
 
 def test_graph_tensors_describe_the_molecules_in_placeholder_order(processor):
     smiles = [MOLECULES["aspirin"], MOLECULES["methane"], MOLECULES["benzene"]]
-    inputs = processor(text=["<graph> describe", "compare <graph> with <graph>"], smiles=smiles, padding=True, return_tensors="pt")
+    inputs = processor(
+        text=["<graph> describe", "compare <graph> with <graph>"], smiles=smiles, padding=True, return_tensors="pt"
+    )
     atoms = [parse_smiles(s).GetNumAtoms() for s in smiles]
     assert inputs["graph_node_batch"].tolist() == sum(([i] * n for i, n in enumerate(atoms)), [])
     assert inputs["graph_node_features"].shape == (sum(atoms), 9)
@@ -134,7 +136,9 @@ def test_chat_template_renders_molecules_as_placeholders_in_the_llama2_layout(pr
 
 def test_chat_template_tokenized_equals_the_lower_level_call(processor):
     messages = user_turn(MOLECULES["caffeine"], "Describe this molecule.")
-    from_chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    from_chat = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     direct = processor(text=prompt, smiles=[MOLECULES["caffeine"]], add_special_tokens=False, return_tensors="pt")
     assert from_chat.keys() == direct.keys()
@@ -234,11 +238,18 @@ def test_rdkit_mol_objects_are_accepted_like_smiles(processor):
     from rdkit import Chem
 
     by_smiles = processor(text=["<graph> and <graph>"], smiles=[MOLECULES["aspirin"], "CCO"], return_tensors="pt")
-    by_mol = processor(text=["<graph> and <graph>"], smiles=[Chem.MolFromSmiles(MOLECULES["aspirin"]), Chem.MolFromSmiles("CCO")], return_tensors="pt")
+    by_mol = processor(
+        text=["<graph> and <graph>"],
+        smiles=[Chem.MolFromSmiles(MOLECULES["aspirin"]), Chem.MolFromSmiles("CCO")],
+        return_tensors="pt",
+    )
     assert by_smiles.keys() == by_mol.keys() and all(torch.equal(by_smiles[k], by_mol[k]) for k in by_smiles)
-    chat = [{"role": "user", "content": [{"type": "molecule", "smiles": Chem.MolFromSmiles("CCO")}, {"type": "text", "text": "Hi"}]}]
-    assert processor.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"] == processor.apply_chat_template(
-        user_turn("CCO", "Hi"), tokenize=True, return_dict=True
-    )["input_ids"]
+    chat = [
+        {"role": "user", "content": [{"type": "molecule", "smiles": Chem.MolFromSmiles("CCO")}, {"type": "text", "text": "Hi"}]}
+    ]
+    assert (
+        processor.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+        == processor.apply_chat_template(user_turn("CCO", "Hi"), tokenize=True, return_dict=True)["input_ids"]
+    )
     with pytest.raises(ValueError, match="no atoms"):
         processor(text="<graph>", smiles=Chem.Mol())

@@ -38,7 +38,10 @@ def folder(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "quantization, layer",
-    [(BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32), "Linear4bit"), (BitsAndBytesConfig(load_in_8bit=True), "Linear8bitLt")],
+    [
+        (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32), "Linear4bit"),
+        (BitsAndBytesConfig(load_in_8bit=True), "Linear8bitLt"),
+    ],
 )
 def test_quantized_loading_keeps_the_graph_side_unquantized_and_generates(folder, quantization, layer):
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, quantization_config=quantization)
@@ -58,7 +61,11 @@ def test_train_sft_load_in_4bit_runs_a_stage2_qlora_step(folder, tmp_path):
     from train_sft import main as train
 
     data = tmp_path / "facts.jsonl"
-    data.write_text("\n".join(json.dumps(row) for row in generate_examples([MOLECULES["aspirin"], MOLECULES["caffeine"], "CCO", "CCN"], seed=0)))
+    data.write_text(
+        "\n".join(
+            json.dumps(row) for row in generate_examples([MOLECULES["aspirin"], MOLECULES["caffeine"], "CCO", "CCN"], seed=0)
+        )
+    )
     output = tmp_path / "qlora"
     summary = train(["--stage", "2", "--init_from", str(folder), "--load_in_4bit", "--keep_adapter", "--datasets", str(data),
                      "--output_dir", str(output), "--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no"])  # fmt: skip
@@ -66,4 +73,16 @@ def test_train_sft_load_in_4bit_runs_a_stage2_qlora_step(folder, tmp_path):
     assert summary["trainable_parameters"]["graph_encoder"] == 0
     assert (output / "adapter_config.json").is_file()
     with pytest.raises(ValueError, match="--keep_adapter"):
-        train(["--stage", "2", "--init_from", str(folder), "--load_in_4bit", "--datasets", str(data), "--output_dir", str(tmp_path / "x")])
+        train(
+            [
+                "--stage",
+                "2",
+                "--init_from",
+                str(folder),
+                "--load_in_4bit",
+                "--datasets",
+                str(data),
+                "--output_dir",
+                str(tmp_path / "x"),
+            ]
+        )

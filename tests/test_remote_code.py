@@ -16,7 +16,13 @@ CODE_FILES = ["configuration_llamo.py", "modeling_llamo.py", "processing_llamo.p
 
 
 def test_saved_folder_holds_the_code_and_the_auto_maps(tiny_folder):
-    for name in CODE_FILES + ["config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "chat_template.jinja"]:
+    for name in CODE_FILES + [
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "chat_template.jinja",
+    ]:
         assert (tiny_folder / name).is_file(), name
     auto_map = json.loads((tiny_folder / "config.json").read_text())["auto_map"]
     assert auto_map == {
@@ -85,7 +91,18 @@ def test_auto_model_loads_the_base_model(tiny_folder, tmp_path):
 @pytest.mark.parametrize("name", CODE_FILES)
 def test_transformers_import_check_accepts_each_code_file(name):
     assert check_imports(ROOT / name) is not None  # raises ImportError when it would refuse the file
-    stdlib = {"__future__", "collections", "contextlib", "dataclasses", "functools", "hashlib", "inspect", "threading", "typing", "warnings"}
+    stdlib = {
+        "__future__",
+        "collections",
+        "contextlib",
+        "dataclasses",
+        "functools",
+        "hashlib",
+        "inspect",
+        "threading",
+        "typing",
+        "warnings",
+    }
     assert set(get_imports(ROOT / name)) <= stdlib | {"torch", "transformers", "numpy", "rdkit"}
 
 

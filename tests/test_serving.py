@@ -43,7 +43,9 @@ def served(tmp_path_factory):
 
 
 def render(processor, messages):
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
 
 
 def generate_ids(model, processor, messages) -> list[int]:
@@ -96,10 +98,20 @@ def test_exported_chat_template_reads_openai_content_parts_like_the_processor(se
         {"role": "assistant", "content": "C2H6O"},
         {"role": "user", "content": "Thanks."},
     ]
-    strings = [{**message, "content": message["content"] if isinstance(message["content"], str) else " ".join(p["text"] for p in message["content"])} for message in parts]
+    strings = [
+        {
+            **message,
+            "content": message["content"]
+            if isinstance(message["content"], str)
+            else " ".join(p["text"] for p in message["content"]),
+        }
+        for message in parts
+    ]
     rendered = tokenizer.apply_chat_template(parts, tokenize=False, add_generation_prompt=True)
     assert rendered == processor.apply_chat_template(strings, tokenize=False, add_generation_prompt=True)
-    assert rendered.startswith("<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]")
+    assert rendered.startswith(
+        "<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,7 +148,9 @@ def test_export_of_a_lora_adapter_folder_merges_it(tmp_path):
     model.save_pretrained(base_dir)
     processor.save_pretrained(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, trust_remote_code=True)
-    peft_model = get_peft_model(base, LoraConfig(r=4, task_type="CAUSAL_LM", target_modules=r"^model\.language_model\..*\.(q_proj|v_proj)$"))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, task_type="CAUSAL_LM", target_modules=r"^model\.language_model\..*\.(q_proj|v_proj)$")
+    )
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
@@ -165,7 +179,10 @@ class RecordingEngine(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(json.loads(await request.aread()))
-        body = {"choices": [{"text": "?", "finish_reason": "stop", "token_ids": [7, 2]}], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+        body = {
+            "choices": [{"text": "?", "finish_reason": "stop", "token_ids": [7, 2]}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2},
+        }
         return httpx.Response(200, json=body)
 
 
@@ -199,7 +216,10 @@ def test_gateway_sends_the_engine_only_its_own_body_with_the_frontends_embedding
         response = gateway.post("/v1/chat/completions", json=request)
     assert response.status_code == 200
     # the answer text is the processor's decoding of the engine's ids, as after generate
-    assert response.json()["choices"][0]["message"] == {"role": "assistant", "content": processor.decode([7, 2], skip_special_tokens=True)}
+    assert response.json()["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": processor.decode([7, 2], skip_special_tokens=True),
+    }
     (sent,) = engine.requests
     assert set(sent) == {"model", "prompt_embeds", "stream", "return_token_ids", "max_tokens", "temperature"}
     tensor = torch.load(io.BytesIO(base64.b64decode(sent["prompt_embeds"])), weights_only=True)
@@ -260,12 +280,20 @@ def test_vllm_server_listens_on_loopback_only(vllm_server):
 def test_gateway_over_vllm_gives_generates_greedy_answers_for_32_prompts(served, gateway_url):
     model, processor, _ = served
     conversations = serving_conversations(32)
-    assert sum(len([i for m in c for i in (m["content"] if isinstance(m["content"], list) else []) if i["type"] == "molecule"]) == 2 for c in conversations) >= 10
+    assert (
+        sum(
+            len([i for m in c for i in (m["content"] if isinstance(m["content"], list) else []) if i["type"] == "molecule"]) == 2
+            for c in conversations
+        )
+        >= 10
+    )
 
     async def ask_all():
         async with httpx.AsyncClient(timeout=600) as http:
             requests = [
-                http.post(f"{gateway_url}/v1/chat/completions", json={"messages": c, "max_tokens": MAX_NEW_TOKENS, "temperature": 0})
+                http.post(
+                    f"{gateway_url}/v1/chat/completions", json={"messages": c, "max_tokens": MAX_NEW_TOKENS, "temperature": 0}
+                )
                 for c in conversations
             ]
             return await asyncio.gather(*requests)

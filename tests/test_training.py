@@ -15,8 +15,8 @@ from huggingface_hub import ModelCard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llamo.instructions import generate_examples
-from modeling_llamo import LlamoForConditionalGeneration
 from llamo.tiny import TINY_TEXT_CONFIG, build_tiny_llamo, load_tiny_tokenizer
+from modeling_llamo import LlamoForConditionalGeneration
 from train_sft import main as train
 
 
@@ -37,7 +37,21 @@ def facts_file(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def stage1_folder(tmp_path_factory, facts_file) -> pathlib.Path:
     folder = tmp_path_factory.mktemp("stage1")
-    train(["--stage", "1", "--datasets", facts_file, "--output_dir", str(folder), "--max_steps", "3", "--save_strategy", "no", *FAST])
+    train(
+        [
+            "--stage",
+            "1",
+            "--datasets",
+            facts_file,
+            "--output_dir",
+            str(folder),
+            "--max_steps",
+            "3",
+            "--save_strategy",
+            "no",
+            *FAST,
+        ]
+    )
     return folder
 
 
@@ -54,7 +68,11 @@ def test_stage1_trains_the_graph_encoder_and_projector_only(stage1_folder):
     initial = state(build_tiny_llamo(seed=0)[0])  # what stage 1 starts from without --llm
     trained = state(LlamoForConditionalGeneration.from_pretrained(stage1_folder))
     changed = changed_keys(initial, trained)
-    graph_parameters = {k for k in initial if k.startswith(("model.graph_encoder.", "model.projector.")) and "running" not in k and "num_batches" not in k}
+    graph_parameters = {
+        k
+        for k in initial
+        if k.startswith(("model.graph_encoder.", "model.projector.")) and "running" not in k and "num_batches" not in k
+    }
     assert graph_parameters - changed == set()  # every GIN / projector weight moved
     assert {k for k in changed if not k.startswith(("model.graph_encoder.", "model.projector."))} == set()  # LLM untouched
 
@@ -70,7 +88,10 @@ def test_stage1_can_also_train_the_input_embeddings(tmp_path, facts_file):
 def test_stage2_trains_the_projector_and_lora_and_freezes_the_graph_encoder(tmp_path, stage1_folder, facts_file):
     summary = train(["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--output_dir", str(tmp_path),
                      "--max_steps", "3", "--save_strategy", "no", *FAST])  # fmt: skip
-    changed = changed_keys(state(LlamoForConditionalGeneration.from_pretrained(stage1_folder)), state(LlamoForConditionalGeneration.from_pretrained(tmp_path)))
+    changed = changed_keys(
+        state(LlamoForConditionalGeneration.from_pretrained(stage1_folder)),
+        state(LlamoForConditionalGeneration.from_pretrained(tmp_path)),
+    )
     assert not any(k.startswith("model.graph_encoder.") for k in changed)  # weights and BatchNorm statistics
     assert any(k.startswith("model.projector.") for k in changed)
     language_model = {k for k in changed if k.startswith("model.language_model.")}
@@ -80,10 +101,24 @@ def test_stage2_trains_the_projector_and_lora_and_freezes_the_graph_encoder(tmp_
 
 
 def test_kept_adapter_equals_the_merged_run(tmp_path, stage1_folder, facts_file):
-    common = ["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--max_steps", "2", "--save_strategy", "no", *FAST]
+    common = [
+        "--stage",
+        "2",
+        "--init_from",
+        str(stage1_folder),
+        "--datasets",
+        facts_file,
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "no",
+        *FAST,
+    ]
     train([*common, "--output_dir", str(tmp_path / "merged")])
     train([*common, "--output_dir", str(tmp_path / "adapter"), "--keep_adapter"])
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and (
+        tmp_path / "adapter" / "adapter_model.safetensors"
+    ).is_file()
     from peft import PeftModel
 
     base = LlamoForConditionalGeneration.from_pretrained(stage1_folder)
@@ -140,7 +175,9 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, stage1_folder, f
 
     interrupted = tmp_path / "interrupted"
     script = KILL_AT_STEP.format(step=4, argv=[*argv, "--output_dir", str(interrupted)])
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    killed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (interrupted / "checkpoint-4").is_dir() and not (interrupted / "model.safetensors").exists()
 
@@ -195,7 +232,9 @@ def test_building_around_a_saved_causal_lm_keeps_its_weights(tmp_path):
 
     from train_sft import LlamoModelArguments, build_llamo_around_llm
 
-    model, processor = build_llamo_around_llm(str(tmp_path / "llm"), LlamoModelArguments(config_overrides="gnn_hidden_size=32,projector_mlp_depth=2"))
+    model, processor = build_llamo_around_llm(
+        str(tmp_path / "llm"), LlamoModelArguments(config_overrides="gnn_hidden_size=32,projector_mlp_depth=2")
+    )
     model.eval()
     ids = torch.tensor([[1, 50, 60, 70, 80]])
     with torch.no_grad():
@@ -209,7 +248,9 @@ def test_building_around_a_saved_causal_lm_keeps_its_weights(tmp_path):
 
 def test_text_only_baseline_trains_from_an_llm_in_stage_2(tmp_path, facts_file):
     tokenizer = load_tiny_tokenizer()
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **TINY_TEXT_CONFIG)).save_pretrained(tmp_path / "llm")
+    LlamaForCausalLM(
+        LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **TINY_TEXT_CONFIG)
+    ).save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
     summary = train(["--stage", "2", "--llm", str(tmp_path / "llm"), "--projector_type", "none", "--datasets", facts_file,
                      "--output_dir", str(tmp_path / "none"), "--max_steps", "2", "--save_strategy", "no", *FAST])  # fmt: skip
@@ -277,9 +318,20 @@ def test_card_base_model_is_the_hub_id_of_the_language_model():
 
     model, _ = build_tiny_llamo()
     model.config.text_config._name_or_path = "meta-llama/Llama-2-7b-chat-hf"
-    args = SimpleNamespace(stage=1, keep_adapter=False, init_from=None, train_input_embeddings=False, lora_r=8, lora_alpha=32, license="mit")
+    args = SimpleNamespace(
+        stage=1, keep_adapter=False, init_from=None, train_input_embeddings=False, lora_r=8, lora_alpha=32, license="mit"
+    )
     training = SimpleNamespace(output_dir="out", hub_model_id=None, learning_rate=1e-3, per_device_train_batch_size=1,
                                gradient_accumulation_steps=1, world_size=1, use_cpu=True)  # fmt: skip
-    summary = {"train_examples": 1, "eval_examples": 0, "skipped": {"total": 0, "by_reason": {}}, "steps": 1, "train_loss": 1.0, "seconds": 1}
-    info = card_info(model, args, SimpleNamespace(datasets=["x.jsonl"]), training, summary, SimpleNamespace(state=SimpleNamespace(epoch=1)))
+    summary = {
+        "train_examples": 1,
+        "eval_examples": 0,
+        "skipped": {"total": 0, "by_reason": {}},
+        "steps": 1,
+        "train_loss": 1.0,
+        "seconds": 1,
+    }
+    info = card_info(
+        model, args, SimpleNamespace(datasets=["x.jsonl"]), training, summary, SimpleNamespace(state=SimpleNamespace(epoch=1))
+    )
     assert info["base_model"] == "meta-llama/Llama-2-7b-chat-hf" and info["results"] == []

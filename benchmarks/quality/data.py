@@ -18,9 +18,10 @@ import json
 import pathlib
 from dataclasses import dataclass
 
+from rdkit import Chem
+
 from llamo.data import is_held_out
 from llamo.metrics import parse_molecule
-from rdkit import Chem
 
 
 SOURCES = {

@@ -17,8 +17,9 @@ import base64
 import io
 import json
 import pathlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 import httpx
 import torch
@@ -74,7 +75,13 @@ class LlamoVLLMClient:
         timeout: seconds per request.
     """
 
-    def __init__(self, frontend: LlamoFrontEnd | str | pathlib.Path, base_url: str = "http://127.0.0.1:8000", model: str = "llamo", timeout: float = 600.0):
+    def __init__(
+        self,
+        frontend: LlamoFrontEnd | str | pathlib.Path,
+        base_url: str = "http://127.0.0.1:8000",
+        model: str = "llamo",
+        timeout: float = 600.0,
+    ):
         self.frontend = frontend if isinstance(frontend, LlamoFrontEnd) else LlamoFrontEnd.from_pretrained(frontend)
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -138,20 +145,24 @@ class LlamoVLLMClient:
             yield chunk
 
     async def stream_completion(self, body: dict, http: httpx.AsyncClient | None = None) -> AsyncIterator[dict]:
-        async with _client_or(http, self.timeout) as session:
-            async with session.stream("POST", f"{self.base_url}/v1/completions", json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for_status(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[len("data:") :].strip()
-                    if data == "[DONE]":
-                        break
-                    yield json.loads(data)
+        async with (
+            _client_or(http, self.timeout) as session,
+            session.stream("POST", f"{self.base_url}/v1/completions", json=body) as response,
+        ):
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_status(response)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[len("data:") :].strip()
+                if data == "[DONE]":
+                    break
+                yield json.loads(data)
 
-    async def acomplete_batch(self, conversations: Sequence[list[dict]], concurrency: int = 64, **sampling: Any) -> list[Completion]:
+    async def acomplete_batch(
+        self, conversations: Sequence[list[dict]], concurrency: int = 64, **sampling: Any
+    ) -> list[Completion]:
         """Answers to many conversations, at most `concurrency` in flight; vLLM batches them continuously."""
         limit = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -197,7 +208,9 @@ def _raise_for_status(response: httpx.Response) -> None:
             message = (error.get("message") if isinstance(error, dict) else None) or payload.get("message") or response.text
         except ValueError:
             message = response.text
-        raise httpx.HTTPStatusError(f"vLLM answered {response.status_code}: {message}", request=response.request, response=response)
+        raise httpx.HTTPStatusError(
+            f"vLLM answered {response.status_code}: {message}", request=response.request, response=response
+        )
 
 
 __all__ = ["LlamoVLLMClient", "Completion", "encode_prompt_embeds", "SAMPLING_FIELDS"]

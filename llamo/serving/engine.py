@@ -94,10 +94,10 @@ class VLLMServer:
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         if not pathlib.Path(self.command[0]).exists():
             raise FileNotFoundError(f"no vLLM environment at {self.command[0]}: run scripts/install_vllm.sh first")
-        log = open(self.log_path, "w")
+        log = open(self.log_path, "w")  # noqa: SIM115 (the server writes to it until stop())
         self.process = subprocess.Popen(
             self.command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=True
         )
@@ -129,7 +129,7 @@ class VLLMServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

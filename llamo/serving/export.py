@@ -74,7 +74,10 @@ OPENAI_CHAT_TEMPLATE = (
 )
 
 PROBE_MESSAGES = [
-    {"role": "user", "content": [{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}, {"type": "text", "text": "Describe it."}]}
+    {
+        "role": "user",
+        "content": [{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}, {"type": "text", "text": "Describe it."}],
+    }
 ]
 
 
@@ -154,7 +157,10 @@ def verify_export(model: LlamoForConditionalGeneration, frontend: LlamoFrontEnd,
 
 
 def export_for_vllm(
-    model: LlamoForConditionalGeneration, processor: LlamoProcessor, output_dir: str | pathlib.Path, served_model_name: str = "llamo"
+    model: LlamoForConditionalGeneration,
+    processor: LlamoProcessor,
+    output_dir: str | pathlib.Path,
+    served_model_name: str = "llamo",
 ) -> pathlib.Path:
     """Write `language_model/`, `frontend/` and `serving.json` under `output_dir` (see module docstring)."""
     output_dir = pathlib.Path(output_dir)
@@ -202,10 +208,14 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load_llamo(args.model)
     export_for_vllm(model, processor, args.output_dir, served_model_name=args.served_model_name)
     manifest = json.loads((args.output_dir / "serving.json").read_text())
-    print(f"exported {manifest['architecture']} ({manifest['dtype']}, head_dim {manifest['head_dim']}) to {args.output_dir / 'language_model'}")
+    print(
+        f"exported {manifest['architecture']} ({manifest['dtype']}, head_dim {manifest['head_dim']}) to {args.output_dir / 'language_model'}"
+    )
     print(f"front-end (processor, graph encoder, projector, embeddings) in {args.output_dir / 'frontend'}")
     if manifest["head_dim"] < 32:
-        print(f"warning: head_dim {manifest['head_dim']} is below 32, which vLLM's CPU attention rejects (GPU backends may accept it)")
+        print(
+            f"warning: head_dim {manifest['head_dim']} is below 32, which vLLM's CPU attention rejects (GPU backends may accept it)"
+        )
 
 
 if __name__ == "__main__":

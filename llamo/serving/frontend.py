@@ -49,7 +49,7 @@ class LlamoFrontEnd(nn.Module):
         self.eval()  # BatchNorm uses its running statistics, as in generate
 
     @classmethod
-    def from_llamo(cls, model: LlamoForConditionalGeneration, processor: LlamoProcessor) -> "LlamoFrontEnd":
+    def from_llamo(cls, model: LlamoForConditionalGeneration, processor: LlamoProcessor) -> LlamoFrontEnd:
         """Share the modules of an in-memory LLaMo model (no copy)."""
         frontend = cls.__new__(cls)
         nn.Module.__init__(frontend)
@@ -88,7 +88,7 @@ class LlamoFrontEnd(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | pathlib.Path) -> "LlamoFrontEnd":
+    def from_pretrained(cls, directory: str | pathlib.Path) -> LlamoFrontEnd:
         """Load what `save_pretrained` wrote. Parameters keep their saved dtypes (e.g. a bf16 projector with an
         fp32 GIN and LayerNorm), as `from_pretrained` gives them to the full model."""
         directory = pathlib.Path(directory)
@@ -117,7 +117,9 @@ class LlamoFrontEnd(nn.Module):
         node_batch = inputs["graph_node_batch"]
         num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
         levels = self.graph_encoder(inputs["graph_node_features"], inputs["graph_edge_index"], inputs["graph_edge_features"])
-        graph = self.projector(levels, node_batch, num_molecules, inputs.get("graph_motif_features"), inputs.get("graph_motif_batch"))
+        graph = self.projector(
+            levels, node_batch, num_molecules, inputs.get("graph_motif_features"), inputs.get("graph_motif_batch")
+        )
         graph_features = graph.graph_features.to(embeddings.device, embeddings.dtype)
         slot_mask = (input_ids == self.config.graph_token_id).unsqueeze(-1)
         if int(slot_mask.sum()) != graph_features.shape[0]:

@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from jinja2 import TemplateError
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict
 
 from .client import SAMPLING_FIELDS, LlamoVLLMClient
@@ -101,7 +101,9 @@ def create_app(
             ready = upstream.status_code == 200
         except httpx.HTTPError:
             ready = False
-        return JSONResponse(status_code=200 if ready else 503, content={"gateway": "ok", "engine": "ok" if ready else "unavailable"})
+        return JSONResponse(
+            status_code=200 if ready else 503, content={"gateway": "ok", "engine": "ok" if ready else "unavailable"}
+        )
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -112,7 +114,9 @@ def create_app(
         if request.n != 1:
             return error_response(400, "n must be 1: send one request per sample")
         if request.model not in (None, served_model_name):
-            return error_response(404, f"model {request.model!r} is not served here; this gateway serves {served_model_name!r}", "not_found_error")
+            return error_response(
+                404, f"model {request.model!r} is not served here; this gateway serves {served_model_name!r}", "not_found_error"
+            )
         try:  # rendering, RDKit and the projector: in a worker thread, so requests overlap
             body = await asyncio.to_thread(client.build_request, request.messages, request.stream, **request.sampling())
         except (ValueError, TypeError, KeyError, TemplateError) as error:  # the processor's or the chat template's message

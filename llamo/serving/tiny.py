@@ -64,12 +64,21 @@ def serving_conversations(count: int) -> list[list[dict]]:
                 [
                     {"role": "user", "content": [{"type": "molecule", "smiles": first}, {"type": "text", "text": question}]},
                     {"role": "assistant", "content": "It is a small organic molecule."},
-                    {"role": "user", "content": [{"type": "text", "text": "And this one?"}, {"type": "molecule", "smiles": second}]},
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "And this one?"}, {"type": "molecule", "smiles": second}],
+                    },
                 ]
             )
         elif index % 2:
-            content = [{"type": "molecule", "smiles": first}, {"type": "molecule", "smiles": second}, {"type": "text", "text": question}]
+            content = [
+                {"type": "molecule", "smiles": first},
+                {"type": "molecule", "smiles": second},
+                {"type": "text", "text": question},
+            ]
             conversations.append([{"role": "user", "content": content}])
         else:
-            conversations.append([{"role": "user", "content": [{"type": "molecule", "smiles": first}, {"type": "text", "text": question}]}])
+            conversations.append(
+                [{"role": "user", "content": [{"type": "molecule", "smiles": first}, {"type": "text", "text": question}]}]
+            )
     return conversations
