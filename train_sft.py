@@ -8,9 +8,11 @@
     python train_sft.py --stage 2 --init_from llamo-stage1 --datasets instructions.jsonl iupac:names.tsv@0.3 \\
         --output_dir llamo
 
-Runs the same under `python`, `torchrun` and `accelerate launch`. Every SFTConfig / TrainingArguments option
-works (`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, `--bf16`, `--push_to_hub`,
-`--hub_model_id`, `--resume_from_checkpoint`, ...). The output folder is a Hub model repository: weights (LoRA
+Runs the same under `python`, `torchrun` and `accelerate launch`. SFTConfig / TrainingArguments options work
+(`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, `--bf16`, `--push_to_hub`,
+`--hub_model_id`, `--resume_from_checkpoint`, ...), except `--packing` and `--padding_free`, which are refused:
+LLaMo's examples are featurized and tokenized by `llamo.data` (graph tensors per conversation, assistant-only labels
+always), a path TRL's packing would bypass. The output folder is a Hub model repository: weights (LoRA
 merged unless `--keep_adapter`), config with `auto_map`, processor, tokenizer, chat template, code files, and
 a model card written from the run.
 """
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     default_arguments(parser)
     model_args, data_args, training_args = parser.parse_args_and_config(argv)
     refuse_unsupported_engines(training_args)
+    refuse_unsupported_sft_options(training_args)
     # We featurize and tokenize ourselves (llamo.data), and our collator needs the graph columns.
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     training_args.remove_unused_columns = False
@@ -398,6 +401,17 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             trainer.model = trainer.model_wrapped = final_model
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
     return summary
+
+
+def refuse_unsupported_sft_options(training_args: SFTConfig) -> None:
+    """SFTConfig options that TRL applies in its own dataset preparation, which LLaMo replaces (`llamo.data`
+    featurizes and tokenizes, `skip_prepare_dataset`): refused instead of silently ignored."""
+    for name in ("packing", "padding_free"):
+        if getattr(training_args, name, False):
+            raise ValueError(
+                f"--{name} is not supported by train_sft.py: LLaMo's examples carry per-conversation graph tensors and are "
+                f"prepared by llamo.data, which TRL's {name} path would bypass (leave it off)"
+            )
 
 
 def print_summary(summary: dict, skipped: SkipReport) -> None:

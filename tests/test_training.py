@@ -266,6 +266,8 @@ def test_text_only_baseline_trains_from_an_llm_in_stage_2(tmp_path, facts_file):
         (["--stage", "2", "--keep_adapter"], "needs --stage 2 --init_from"),
         (["--stage", "3"], "--stage must be 1 or 2"),
         (["--stage", "2", "--lora_target_modules", "query"], "are not linear layers of the language model"),
+        (["--stage", "1", "--packing", "true"], "--packing is not supported"),
+        (["--stage", "1", "--padding_free", "true"], "--padding_free is not supported"),
     ],
 )
 def test_invalid_runs_are_refused(tmp_path, facts_file, argv, message):
