@@ -8,18 +8,21 @@
     python train_sft.py --stage 2 --init_from llamo-stage1 --datasets instructions.jsonl iupac:names.tsv@0.3 \\
         --output_dir llamo
 
-Runs the same under `python`, `torchrun` and `accelerate launch`. SFTConfig / TrainingArguments options work
-(`--learning_rate`, `--num_train_epochs`, `--per_device_train_batch_size`, `--bf16`, `--push_to_hub`,
-`--hub_model_id`, `--resume_from_checkpoint`, ...), except `--packing` and `--padding_free`, which are refused:
-LLaMo's examples are featurized and tokenized by `llamo.data` (graph tensors per conversation, assistant-only labels
-always), a path TRL's packing would bypass. The output folder is a Hub model repository: weights (LoRA
-merged unless `--keep_adapter`), config with `auto_map`, processor, tokenizer, chat template, code files, and
-a model card written from the run.
+Runs the same under `python`, `torchrun` and `accelerate launch`. The shape of TRL's example scripts: parser
+(LLaMo's options extend TRL's `ModelConfig`), build, data, trainer, save. SFTConfig / TrainingArguments options work
+(`--learning_rate`, `--num_train_epochs`, `--bf16 true`, `--push_to_hub`, `--resume_from_checkpoint`, ...), and so
+do ModelConfig's (`--model_name_or_path` alias `--llm`, `--dtype`, `--lora_r`, `--use_rslora`, `--use_dora`,
+`--load_in_4bit`, ...). What cannot work is refused (`check_arguments`): `--packing`, `--padding_free` and
+`--completion_only_loss false`, because LLaMo's examples are featurized and tokenized by `llamo.data` (graph tensors
+per conversation, assistant-only labels always), a path TRL's dataset preparation would bypass. The output folder is
+a Hub model repository: weights (LoRA merged unless `--keep_adapter`), config with `auto_map`, processor, tokenizer,
+chat template, code files, and a model card written from the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -30,11 +33,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from datasets import Dataset
 from peft import LoraConfig
 from torch import nn
 from transformers import BitsAndBytesConfig, TrainerCallback
 from transformers.pytorch_utils import Conv1D
-from trl import SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
 from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
 from llamo.builder import build_llamo, lora_target_regex
@@ -50,12 +54,33 @@ from processing_llamo import LlamoProcessor
 
 
 @dataclass
-class LlamoModelArguments:
-    stage: int = field(default=1, metadata={"help": "1: graph-language alignment; 2: instruction tuning with LoRA."})
-    llm: str | None = field(
+class LlamoModelConfig(ModelConfig):
+    """TRL's `ModelConfig` (LLM, dtype, attention, LoRA, bitsandbytes flags, as in TRL's example scripts) with
+    LLaMo's defaults, plus the two stages' own options."""
+
+    model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "Causal LM (Hub id or folder) to build a new LLaMo around. Default: the tiny CPU model."},
+        metadata={
+            "help": "Causal LM (Hub id or folder) to build a new LLaMo around. Default: the tiny CPU model.",
+            "aliases": ["--llm"],
+        },
     )
+    dtype: str | None = field(
+        default="auto",
+        metadata={"help": "Weights dtype when loading.", "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    use_peft: bool | None = field(
+        default=None, metadata={"help": "LoRA adapters: always in stage 2, never in stage 1 (the flag may only say so)."}
+    )
+    lora_r: int = field(default=8, metadata={"help": "Stage 2: LoRA rank."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["auto"],
+        metadata={
+            "help": "Stage 2: LLM linear layers to adapt, by name; 'auto' (default): the attention's query and value "
+            "projections, or its fused qkv projection, found by module type; 'all-linear' for every one."
+        },
+    )
+    stage: int = field(default=1, metadata={"help": "1: graph-language alignment; 2: instruction tuning with LoRA."})
     init_from: str | None = field(
         default=None, metadata={"help": "Stage 2: the stage-1 output folder (without it, a new model is built around --llm)."}
     )
@@ -63,12 +88,15 @@ class LlamoModelArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": "New models: LlamoConfig fields as 'gnn_hidden_size=64,motif_tokens_first=false'."}
     )
-    dtype: str = field(default="auto", metadata={"help": "Weights dtype when loading: auto, float32, bfloat16, float16."})
-    attn_implementation: str | None = field(
-        default=None,
+    chat_template: str = field(
+        default="auto",
         metadata={
-            "help": "Attention kernel of the language model: sdpa, flash_attention_2, eager (default: transformers' choice)."
+            "help": "New models: 'auto' the LLM's own chat template (marked for assistant-only loss) when it has one "
+            "TRL can mark, else LLaMo's Llama-2 layout; 'llm' the LLM's own or an error; 'llamo' LLaMo's layout."
         },
+    )
+    check_fidelity: bool = field(
+        default=True, metadata={"help": "New models: check that text-only logits equal the LLM's before training."}
     )
     train_input_embeddings: bool = field(
         default=False, metadata={"help": "Stage 1: also train the LLM's input embeddings (the released code does)."}
@@ -80,39 +108,17 @@ class LlamoModelArguments:
         default=False,
         metadata={"help": "Show molecules as graph tokens only, without their SMILES text (saved with the processor)."},
     )
-    lora_r: int = field(default=8, metadata={"help": "Stage 2: LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "Stage 2: LoRA alpha (scale alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Stage 2: LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["auto"],
-        metadata={
-            "help": "Stage 2: LLM linear layers to adapt, by name; 'auto' (default): the attention's query and value "
-            "projections, or its fused qkv projection, found by module type; 'all-linear' for every one."
-        },
-    )
     keep_adapter: bool = field(default=False, metadata={"help": "Stage 2: save a PEFT adapter instead of merged weights."})
-    # QLoRA, with TRL's ModelConfig flag names: only the language model is quantized (modeling_llamo declares the
-    # GIN and projector as modules to keep unquantized).
-    load_in_4bit: bool = field(
-        default=False, metadata={"help": "Stage 2 (QLoRA): load the language model in 4-bit (bitsandbytes)."}
-    )
-    load_in_8bit: bool = field(default=False, metadata={"help": "Stage 2: load the language model in 8-bit (bitsandbytes)."})
-    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit quantization type: nf4 or fp4."})
-    use_bnb_nested_quant: bool = field(default=False, metadata={"help": "4-bit: also quantize the quantization constants."})
-    license: str = field(default="apache-2.0", metadata={"help": "License written in the model card."})
-    chat_template: str = field(
-        default="auto",
-        metadata={
-            "help": "New models: 'auto' the LLM's own chat template (marked for assistant-only loss) when it has one "
-            "TRL can mark, else LLaMo's Llama-2 layout; 'llm' the LLM's own or an error; 'llamo' LLaMo's layout."
-        },
-    )
-    check_fidelity: bool = field(
-        default=True, metadata={"help": "New models: check that text-only logits equal the LLM's before training."}
-    )
     keep_checkpoints: bool = field(
         default=False, metadata={"help": "Keep the checkpoint-N folders after a successful run (deleted by default)."}
     )
+    license: str = field(default="apache-2.0", metadata={"help": "License written in the model card."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        # ModelConfig turns a one-item list into a string; LLaMo resolves names against the LLM (llamo.builder)
+        if isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = [self.lora_target_modules]
 
 
 @dataclass
@@ -129,160 +135,26 @@ class LlamoDataArguments:
     num_proc: int | None = field(default=None, metadata={"help": "Processes for featurization and tokenization."})
 
 
-def build_llamo_around_llm(llm: str, model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """A new LLaMo whose language model (and lm_head) are the weights of `llm` (see `llamo.builder.build_llamo`)."""
-    return build_llamo(
-        llm,
-        projector_type=model_args.projector_type,
-        config_overrides=parse_config_overrides(model_args.config_overrides),
-        dtype=model_args.dtype,
-        chat_template=model_args.chat_template,
-        check_fidelity=model_args.check_fidelity,
-        attn_implementation=model_args.attn_implementation,
-    )
-
-
-def parse_config_overrides(text: str | None) -> dict:
-    """'a=1,b=true,c=silu' -> {'a': 1, 'b': True, 'c': 'silu'} (JSON values where they parse)."""
-    overrides = {}
-    for item in filter(None, (text or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--config_overrides expects key=value pairs, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
-
-
-def load_model(model_args: LlamoModelArguments) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """Stage 2 continues a stage-1 folder (`--init_from`); a new model is built around `--llm` otherwise (stage 1,
-    or stage 2 without alignment, e.g. the text-only `projector_type none` baseline)."""
-    if model_args.stage not in (1, 2):
-        raise ValueError(f"--stage must be 1 or 2, got {model_args.stage}")
-    # A mistyped local path fails here, clearly, instead of as a Hub connection or repo-id error.
-    if model_args.init_from is not None:
-        model_args.init_from = check_model_path(model_args.init_from, "--init_from")
-    if model_args.llm is not None:
-        model_args.llm = check_model_path(model_args.llm, "--llm")
-    quantization = quantization_config(model_args)
-    if model_args.init_from is not None:
-        if model_args.stage == 1:
-            raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
-        model = LlamoForConditionalGeneration.from_pretrained(
-            model_args.init_from,
-            dtype=model_args.dtype,
-            attn_implementation=model_args.attn_implementation,
-            quantization_config=quantization,
-        )
-        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
-        return model, LlamoProcessor.from_pretrained(model_args.init_from)
-    spec = PROJECTOR_SPECS.get(model_args.projector_type)
-    if model_args.stage == 1 and spec is not None and not spec.uses_graph:
-        raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
-    if model_args.llm is None:
-        return build_tiny_llamo(projector_type=model_args.projector_type, **parse_config_overrides(model_args.config_overrides))
-    return build_llamo_around_llm(model_args.llm, model_args)
-
-
-def quantization_config(model_args: LlamoModelArguments) -> BitsAndBytesConfig | None:
-    """The bitsandbytes config of `--load_in_4bit` / `--load_in_8bit` (as TRL's `get_quantization_config`), or None.
-    QLoRA trains LoRA adapters over the stage-1 folder, so it needs stage 2, `--init_from` and `--keep_adapter`
-    (merging into 4/8-bit weights would round the result)."""
-    if not (model_args.load_in_4bit or model_args.load_in_8bit):
-        return None
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise ValueError("pass one of --load_in_4bit and --load_in_8bit")
-    if model_args.stage != 2 or model_args.init_from is None or not model_args.keep_adapter:
-        raise ValueError(
-            "quantized training (QLoRA) is stage 2 over a stage-1 folder: pass --stage 2 --init_from FOLDER --keep_adapter"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("--load_in_4bit / --load_in_8bit need bitsandbytes: pip install bitsandbytes")
-    if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute_dtype = torch.float32 if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
-    )
-
-
-def set_trainable(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> None:
-    """Stage 1: GIN + projector (+ input embeddings if asked). Stage 2: the projector here, LoRA added by the trainer."""
-    model.requires_grad_(False)
-    if model.model.projector is not None:
-        model.model.projector.requires_grad_(True)
-    if model_args.stage == 1:
-        if model.model.graph_encoder is not None:
-            model.model.graph_encoder.requires_grad_(True)
-        if model_args.train_input_embeddings:
-            model.get_input_embeddings().weight.requires_grad_(True)
-    elif model_args.train_graph_encoder and model.model.graph_encoder is not None:
-        model.model.graph_encoder.requires_grad_(True)
-
-
-def trainable_parameters(model: nn.Module) -> dict[str, int]:
-    """Trainable parameter counts by part (works on the PEFT-wrapped model too)."""
-    counts = {"graph_encoder": 0, "projector": 0, "lora": 0, "language_model": 0}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            part = next((key for key in ("lora", "graph_encoder", "projector") if key in name), "language_model")
-            counts[part] += parameter.numel()
-    return counts
-
-
-def lora_config(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> LoraConfig:
-    """LoRA on the language model's linear layers only (never the GIN or the projector, which is trained fully
-    and saved with the adapter as a module to save)."""
-    target_regex, targets = lora_target_regex(model.model.language_model, model_args.lora_target_modules)
-    print(f"LoRA targets ({' '.join(model_args.lora_target_modules)}): {', '.join(targets)}")
-    # GPT-2-style Conv1D layers store the weight transposed; PEFT needs to be told (it warns and fixes it otherwise)
-    conv1d = any(
-        isinstance(module, Conv1D) and re.fullmatch(target_regex, f"model.language_model.{name}")
-        for name, module in model.model.language_model.named_modules()
-    )
-    return LoraConfig(
-        fan_in_fan_out=conv1d,
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=target_regex,
-        modules_to_save=modules_to_save(model, model_args),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def modules_to_save(model: LlamoForConditionalGeneration, model_args: LlamoModelArguments) -> list[str] | None:
-    """Graph-side modules trained fully next to LoRA: the projector, and the GIN with --train_graph_encoder."""
-    if model.model.projector is None:
-        return None
-    return ["projector", "graph_encoder"] if model_args.train_graph_encoder else ["projector"]
-
-
-class LlamoSFTTrainer(SFTTrainer):
-    """SFTTrainer whose Hub model card is LLaMo's (written from the run) instead of TRL's generic one."""
-
-    card_info: dict | None = None
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        if self.card_info is not None and self.is_world_process_zero():
-            write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
-
+# ---------------------------------------------------------------------------------------------------------- parser
 
 # A short usage line: argparse's own lists all ~150 flags; LLaMo's come first in the help, then SFTConfig's.
 USAGE = (
     "train_sft.py [-h] --datasets SPEC [SPEC ...] --output_dir DIR [--stage {1,2}] [--llm LLM | --init_from FOLDER]\n"
-    "                    [LLaMo options] [SFTConfig / TrainingArguments options]"
+    "                    [LLaMo and ModelConfig options] [SFTConfig / TrainingArguments options]"
 )
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The module docstring as written, and each flag's default."""
+
+
+def make_parser() -> TrlParser:
+    """The command line: LLaMo's model and data options, then SFTConfig's, with LLaMo's defaults."""
+    parser = TrlParser(
+        (LlamoModelConfig, LlamoDataArguments, SFTConfig), usage=USAGE, description=__doc__, formatter_class=HelpFormatter
+    )
+    default_arguments(parser)
+    return parser
 
 
 def default_arguments(parser: TrlParser) -> None:
@@ -300,31 +172,169 @@ def default_arguments(parser: TrlParser) -> None:
     parser.set_defaults(report_to="none", max_length=1024, save_total_limit=2, prediction_loss_only=True)
 
 
-def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
-    """Run one stage from command-line arguments; `callbacks` go to the trainer. Returns the run's summary."""
-    parser = TrlParser(
-        (LlamoModelArguments, LlamoDataArguments, SFTConfig), usage=USAGE, description=__doc__, formatter_class=HelpFormatter
-    )
-    default_arguments(parser)
-    model_args, data_args, training_args = parser.parse_args_and_config(argv)
-    refuse_unsupported_engines(training_args)
-    refuse_unsupported_sft_options(training_args)
-    # We featurize and tokenize ourselves (llamo.data), and our collator needs the graph columns.
-    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    training_args.remove_unused_columns = False
+def check_arguments(model_args: LlamoModelConfig, data_args: LlamoDataArguments, training_args: SFTConfig) -> None:
+    """Refuse, before any work, what this script cannot do, instead of ignoring it."""
+    if model_args.stage not in (1, 2):
+        raise ValueError(f"--stage must be 1 or 2, got {model_args.stage}")
     if not data_args.datasets:
         raise ValueError("pass training data with --datasets (see llamo/data.py for the formats)")
+    if model_args.init_from is not None and model_args.stage == 1:
+        raise ValueError("--init_from continues a stage-1 model in stage 2; stage 1 builds a new one (--llm)")
     if model_args.keep_adapter and (model_args.stage != 2 or model_args.init_from is None):
         raise ValueError("--keep_adapter saves a LoRA adapter over the stage-1 folder: it needs --stage 2 --init_from")
-    started = time.time()
+    if model_args.use_peft is not None and model_args.use_peft != (model_args.stage == 2):
+        raise ValueError(f"--use_peft {model_args.use_peft}: LLaMo trains LoRA adapters in stage 2 and only there")
+    if model_args.lora_task_type != "CAUSAL_LM":
+        raise ValueError(f"--lora_task_type {model_args.lora_task_type}: LLaMo is a causal LM (CAUSAL_LM)")
+    spec = PROJECTOR_SPECS.get(model_args.projector_type)
+    if model_args.stage == 1 and model_args.init_from is None and spec is not None and not spec.uses_graph:
+        raise ValueError("stage 1 trains the graph encoder and projector: a projector_type 'none' model goes to stage 2 directly")
+    refuse_unsupported_engines(training_args)
+    # TRL applies these in its own dataset preparation, which LLaMo replaces: `llamo.data` featurizes and tokenizes
+    # (graph tensors per conversation, assistant-only labels always), so they would be silently ignored.
+    for name in ("packing", "padding_free"):
+        if getattr(training_args, name, False):
+            raise ValueError(
+                f"--{name} is not supported by train_sft.py: LLaMo's examples carry per-conversation graph tensors and are "
+                f"prepared by llamo.data, which TRL's {name} path would bypass (leave it off)"
+            )
+    if training_args.completion_only_loss is False:
+        raise ValueError("--completion_only_loss false: LLaMo's labels are always the assistant turns only")
+    if training_args.model_init_kwargs:
+        raise ValueError("--model_init_kwargs: train_sft.py loads the model itself; use --dtype / --attn_implementation")
 
-    model, processor = load_model(model_args)
+
+# ----------------------------------------------------------------------------------------------------------- build
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """'a=1,b=true,c=silu' -> {'a': 1, 'b': True, 'c': 'silu'} (JSON values where they parse)."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides expects key=value pairs, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def load_model(
+    model_args: LlamoModelConfig, trust_remote_code: bool = False
+) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
+    """Stage 2 continues a stage-1 folder (`--init_from`); a new model is built around `--llm` otherwise (stage 1,
+    or stage 2 without alignment, e.g. the text-only `projector_type none` baseline) by the one builder,
+    `llamo.builder.build_llamo`; without `--llm`, the tiny CPU model."""
+    # A mistyped local path fails here, clearly, instead of as a Hub connection or repo-id error.
+    if model_args.init_from is not None:
+        model_args.init_from = check_model_path(model_args.init_from, "--init_from")
+        model = LlamoForConditionalGeneration.from_pretrained(
+            model_args.init_from,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization_config(model_args),
+        )
+        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
+        return model, LlamoProcessor.from_pretrained(model_args.init_from, revision=model_args.model_revision)
+    quantization_config(model_args)  # refuses 4/8-bit here: QLoRA goes over a stage-1 folder
+    overrides = parse_config_overrides(model_args.config_overrides)
+    if model_args.model_name_or_path is None:
+        return build_tiny_llamo(projector_type=model_args.projector_type, **overrides)
+    model_args.model_name_or_path = check_model_path(model_args.model_name_or_path, "--llm")
+    return build_llamo(
+        model_args.model_name_or_path,
+        projector_type=model_args.projector_type,
+        config_overrides=overrides,
+        dtype=model_args.dtype,
+        chat_template=model_args.chat_template,
+        check_fidelity=model_args.check_fidelity,
+        attn_implementation=model_args.attn_implementation,
+        revision=model_args.model_revision,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def quantization_config(model_args: LlamoModelConfig) -> BitsAndBytesConfig | None:
+    """TRL's `get_quantization_config` for `--load_in_4bit` / `--load_in_8bit` (compute dtype fp32 for `--dtype
+    auto`), or None. QLoRA trains LoRA adapters over the stage-1 folder, so it needs stage 2, `--init_from` and
+    `--keep_adapter` (merging into 4/8-bit weights would round the result)."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    if model_args.stage != 2 or model_args.init_from is None or not model_args.keep_adapter:
+        raise ValueError(
+            "quantized training (QLoRA) is stage 2 over a stage-1 folder: pass --stage 2 --init_from FOLDER --keep_adapter"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--load_in_4bit / --load_in_8bit need bitsandbytes: pip install bitsandbytes")
+    compute_dtype = "float32" if model_args.dtype == "auto" else model_args.dtype
+    return get_quantization_config(dataclasses.replace(model_args, dtype=compute_dtype))
+
+
+def set_trainable(model: LlamoForConditionalGeneration, model_args: LlamoModelConfig) -> None:
+    """Stage 1: GIN + projector (+ input embeddings if asked). Stage 2: the projector here, LoRA added by the trainer."""
+    model.requires_grad_(False)
+    if model.model.projector is not None:
+        model.model.projector.requires_grad_(True)
+    if model_args.stage == 1:
+        if model.model.graph_encoder is not None:
+            model.model.graph_encoder.requires_grad_(True)
+        if model_args.train_input_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(True)
+    elif model_args.train_graph_encoder and model.model.graph_encoder is not None:
+        model.model.graph_encoder.requires_grad_(True)
+
+
+def lora_config(model: LlamoForConditionalGeneration, model_args: LlamoModelConfig) -> LoraConfig:
+    """TRL's `get_peft_config` with LoRA on the language model's linear layers only (never the GIN or the
+    projector: they are trained fully and saved with the adapter as modules to save)."""
+    target_regex, targets = lora_target_regex(model.model.language_model, model_args.lora_target_modules)
+    print(f"LoRA targets ({' '.join(model_args.lora_target_modules)}): {', '.join(targets)}")
+    graph_modules = [] if model.model.projector is None else ["projector"]
+    if graph_modules and model_args.train_graph_encoder:
+        graph_modules.append("graph_encoder")
+    to_save = [*graph_modules, *(model_args.lora_modules_to_save or [])] or None
+    peft_config = get_peft_config(dataclasses.replace(model_args, use_peft=True, lora_modules_to_save=to_save))
+    peft_config.target_modules = target_regex  # a string: PEFT matches it as a regex (a list would be names)
+    # GPT-2-style Conv1D layers store the weight transposed; PEFT needs to be told (it warns and fixes it otherwise)
+    peft_config.fan_in_fan_out = any(
+        isinstance(module, Conv1D) and re.fullmatch(target_regex, f"model.language_model.{name}")
+        for name, module in model.model.language_model.named_modules()
+    )
+    return peft_config
+
+
+def build_model(
+    model_args: LlamoModelConfig, training_args: SFTConfig
+) -> tuple[LlamoForConditionalGeneration, LlamoProcessor, LoraConfig | None]:
+    """The model with this stage's trainable parts, its processor, and the LoRA config of stage 2."""
+    model, processor = load_model(model_args, trust_remote_code=training_args.trust_remote_code)
     set_trainable(model, model_args)
     if model_args.no_smiles_in_prompt:
         if model.config.projector_type == "none":
             raise ValueError("--no_smiles_in_prompt leaves a projector_type 'none' model nothing to read the molecule from")
         processor.smiles_in_prompt = False
+    return model, processor, lora_config(model, model_args) if model_args.stage == 2 else None
 
+
+# ------------------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class LlamoDatasets:
+    """Encoded training (and evaluation) examples, and every row that was skipped, with its reason."""
+
+    train: Dataset
+    eval: Dataset | None
+    eval_conversations: int
+    skipped: SkipReport
+
+
+def load_datasets(data_args: LlamoDataArguments, training_args: SFTConfig, processor: LlamoProcessor) -> LlamoDatasets:
+    """Read the mixture, hold out molecules if asked, featurize and tokenize (`llamo.data`; once, on the main
+    process first)."""
     with training_args.main_process_first(desc="reading and encoding the data"):
         conversations, skipped = load_mixture([DataSource.parse(spec) for spec in data_args.datasets], seed=training_args.seed)
         eval_conversations = None
@@ -332,7 +342,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             conversations, eval_conversations = split_by_molecule(conversations, data_args.eval_fraction)
         if data_args.eval_datasets:
             eval_conversations, eval_skipped = load_mixture(
-                [DataSource.parse(s) for s in data_args.eval_datasets], seed=training_args.seed
+                [DataSource.parse(spec) for spec in data_args.eval_datasets], seed=training_args.seed
             )
             skipped.update(eval_skipped)
         if data_args.max_train_samples is not None:
@@ -347,71 +357,87 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             skipped.update(eval_skipped)
     if len(train_dataset) == 0:
         raise ValueError(f"no usable training example; skipped rows: {skipped.lines()}")
+    return LlamoDatasets(train_dataset, eval_dataset, len(eval_conversations or []), skipped)
 
-    timer = StepTimer()  # step time, tokens/s, peak GPU memory -> training_summary.json
-    trainer = LlamoSFTTrainer(
+
+# --------------------------------------------------------------------------------------------------------- trainer
+
+
+class LlamoSFTTrainer(SFTTrainer):
+    """SFTTrainer whose Hub model card is LLaMo's (written from the run) instead of TRL's generic one."""
+
+    card_info: dict | None = None
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        if self.card_info is not None and self.is_world_process_zero():
+            write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
+
+
+def make_trainer(
+    model: LlamoForConditionalGeneration,
+    processor: LlamoProcessor,
+    peft_config: LoraConfig | None,
+    datasets: LlamoDatasets,
+    training_args: SFTConfig,
+    callbacks: list[TrainerCallback],
+) -> LlamoSFTTrainer:
+    # The examples are already featurized and tokenized (llamo.data), and the collator needs the graph columns.
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    training_args.remove_unused_columns = False
+    return LlamoSFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=datasets.train,
+        eval_dataset=datasets.eval,
         data_collator=LlamoDataCollator(pad_token_id=processor.tokenizer.pad_token_id),
         processing_class=processor,
-        peft_config=lora_config(model, model_args) if model_args.stage == 2 else None,
-        callbacks=[timer, *(callbacks or [])],
+        peft_config=peft_config,
+        callbacks=callbacks,
     )
-    trainable = trainable_parameters(trainer.model)
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
-    result = trainer.train(resume_from_checkpoint=resume)
-    if eval_dataset is not None:  # the held-out loss of the final weights, for the summary and the model card
-        trainer.evaluate()
 
-    output_dir = pathlib.Path(training_args.output_dir)
-    # Gathered on every rank (ZeRO-3 / FSDP shards), written by rank 0 atomically and verified (llamo/saving.py).
+
+def trainable_parameters(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts by part (works on the PEFT-wrapped model too)."""
+    counts = {"graph_encoder": 0, "projector": 0, "lora": 0, "language_model": 0}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = next((key for key in ("lora", "graph_encoder", "projector") if key in name), "language_model")
+            counts[part] += parameter.numel()
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------------------ save
+
+
+def save(
+    trainer: LlamoSFTTrainer,
+    model: LlamoForConditionalGeneration,
+    processor: LlamoProcessor,
+    model_args: LlamoModelConfig,
+    data_args: LlamoDataArguments,
+    summary: dict,
+) -> None:
+    """The output folder as a Hub repository: whole weights (gathered from ZeRO-3 / FSDP shards on every rank,
+    written by rank 0 atomically and verified, `llamo/saving.py`), processor, code, model card, run summary; no
+    optimizer checkpoints unless `--keep_checkpoints`. Then `--push_to_hub` uploads it."""
+    training_args, output_dir = trainer.args, pathlib.Path(trainer.args.output_dir)
     final_model = save_final_model(
         trainer.accelerator.unwrap_model(trainer.model),
         output_dir,
         merge=model_args.stage == 2 and not model_args.keep_adapter,
         processor=processor,
     )
-    summary = {
-        "output_dir": str(output_dir),
-        "stage": model_args.stage,
-        "train_examples": len(train_dataset),
-        "eval_examples": len(eval_conversations) if eval_conversations is not None else 0,
-        "skipped": skipped.to_dict(),
-        "trainable_parameters": trainable,
-        "steps": result.global_step,
-        "train_loss": result.training_loss,
-        "seconds": round(time.time() - started, 1),
-        "model_arguments": asdict(model_args),
-        "datasets": data_args.datasets,
-        "log_history": trainer.state.log_history,
-        "timing": timer.report(),
-    }
     trainer.card_info = card_info(model, model_args, data_args, training_args, summary, trainer)
     if trainer.is_world_process_zero():
         trainer.create_model_card()
         (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
-        if not model_args.keep_checkpoints:  # the finished folder is the Hub repository: no optimizer states in it
+        if not model_args.keep_checkpoints:
             for checkpoint in output_dir.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)
-        print_summary(summary, skipped)
     if training_args.push_to_hub:
         if final_model is not None:  # rank 0: upload the saved (merged, whole) weights, not the adapter or shards
             trainer.model = trainer.model_wrapped = final_model
         trainer.push_to_hub(commit_message=f"LLaMo stage {model_args.stage}")
-    return summary
-
-
-def refuse_unsupported_sft_options(training_args: SFTConfig) -> None:
-    """SFTConfig options that TRL applies in its own dataset preparation, which LLaMo replaces (`llamo.data`
-    featurizes and tokenizes, `skip_prepare_dataset`): refused instead of silently ignored."""
-    for name in ("packing", "padding_free"):
-        if getattr(training_args, name, False):
-            raise ValueError(
-                f"--{name} is not supported by train_sft.py: LLaMo's examples carry per-conversation graph tensors and are "
-                f"prepared by llamo.data, which TRL's {name} path would bypass (leave it off)"
-            )
 
 
 def print_summary(summary: dict, skipped: SkipReport) -> None:
@@ -421,6 +447,48 @@ def print_summary(summary: dict, skipped: SkipReport) -> None:
     print(f"  rows skipped: {skipped.total}")
     for line in skipped.lines():
         print(f"    {line}")
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
+    """Run one stage from command-line arguments; `callbacks` go to the trainer. Returns the run's summary."""
+    model_args, data_args, training_args = make_parser().parse_args_and_config(argv)
+    check_arguments(model_args, data_args, training_args)
+    started = time.time()
+
+    model, processor, peft_config = build_model(model_args, training_args)
+    datasets = load_datasets(data_args, training_args, processor)
+    timer = StepTimer()  # step time, tokens/s, peak GPU memory -> training_summary.json
+    trainer = make_trainer(model, processor, peft_config, datasets, training_args, [timer, *(callbacks or [])])
+    trainable = trainable_parameters(trainer.model)
+
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # newest complete one
+    result = trainer.train(resume_from_checkpoint=resume)
+    if datasets.eval is not None:  # the held-out loss of the final weights, for the summary and the model card
+        trainer.evaluate()
+
+    summary = {
+        "output_dir": training_args.output_dir,
+        "stage": model_args.stage,
+        "train_examples": len(datasets.train),
+        "eval_examples": datasets.eval_conversations,
+        "skipped": datasets.skipped.to_dict(),
+        "trainable_parameters": trainable,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "seconds": round(time.time() - started, 1),
+        "model_arguments": asdict(model_args),
+        "datasets": data_args.datasets,
+        "log_history": trainer.state.log_history,
+        "timing": timer.report(),
+    }
+    save(trainer, model, processor, model_args, data_args, summary)
+    if trainer.is_world_process_zero():
+        print_summary(summary, datasets.skipped)
+    trainer.end()  # trackers finished, process group destroyed: after every collective step
+    return summary
 
 
 def cli() -> None:

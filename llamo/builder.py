@@ -54,6 +54,8 @@ def build_llamo(
     check_fidelity: bool = True,
     seed: int | None = None,
     attn_implementation: str | None = None,
+    revision: str = "main",
+    trust_remote_code: bool = False,
 ) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
     """A new LLaMo whose language model and head are `llm`'s weights; the GIN and projector start from scratch.
 
@@ -68,12 +70,14 @@ def build_llamo(
         check_fidelity: compare the built model's text-only logits with the LLM's on a few token sequences.
         seed: seed of the graph side's initialization.
         attn_implementation: the language model's attention (`"sdpa"`, `"flash_attention_2"`, ...; default: transformers').
+        revision, trust_remote_code: as in `from_pretrained`, for the LLM's config, weights and tokenizer.
     """
+    hub = {"revision": revision, "trust_remote_code": trust_remote_code}
     if chat_template not in CHAT_TEMPLATE_CHOICES:
         raise ValueError(f"chat_template must be one of {CHAT_TEMPLATE_CHOICES}, got {chat_template!r}")
-    check_causal_lm_config(AutoConfig.from_pretrained(llm), llm)
+    check_causal_lm_config(AutoConfig.from_pretrained(llm, **hub), llm)
     causal_lm, info = AutoModelForCausalLM.from_pretrained(
-        llm, dtype=dtype, output_loading_info=True, attn_implementation=attn_implementation
+        llm, dtype=dtype, output_loading_info=True, attn_implementation=attn_implementation, **hub
     )
     problems = {kind: sorted(info.get(kind) or []) for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(problems.values()):
@@ -87,7 +91,7 @@ def build_llamo(
     else:
         check_attends_causally(causal_lm, llm)
 
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm)
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(llm, **hub)
     add_llamo_tokens(tokenizer)
     config = LlamoConfig(
         text_config=causal_lm.config.to_dict(),

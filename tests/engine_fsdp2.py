@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from llamo.data import DataSource, LlamoDataCollator, encode_dataset, load_mixture  # noqa: E402
 from llamo.saving import engine_of, save_final_model  # noqa: E402
-from train_sft import LlamoModelArguments, load_model, lora_config, set_trainable  # noqa: E402
+from train_sft import LlamoModelConfig, load_model, lora_config, set_trainable  # noqa: E402
 
 
 def shard(model: torch.nn.Module) -> list[str]:
@@ -60,7 +60,7 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    model_args = LlamoModelArguments(stage=2, init_from=args.init_from, dtype="float32", lora_dropout=0.0)
+    model_args = LlamoModelConfig(stage=2, init_from=args.init_from, dtype="float32", lora_dropout=0.0)
     model, processor = load_model(model_args)
     set_trainable(model, model_args)
     model = get_peft_model(model, lora_config(model, model_args))

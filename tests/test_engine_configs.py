@@ -15,13 +15,12 @@ from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 from conftest import ROOT
 from safetensors.torch import save_file
 from transformers import LlamaConfig, OPTConfig, Qwen2Config
-from trl import SFTConfig, TrlParser
 
 from configuration_llamo import LlamoConfig
 from llamo import saving
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import LlamoDataArguments, LlamoModelArguments, default_arguments
+from train_sft import make_parser
 
 
 LAUNCHERS = ("python", "python3", "accelerate", "torchrun", "llamo-train")
@@ -49,9 +48,7 @@ def readme_commands() -> list[list[str]]:
 
 def parse_training_arguments(argv: list[str]):
     """Exactly how train_sft.main parses its command line."""
-    parser = TrlParser((LlamoModelArguments, LlamoDataArguments, SFTConfig))
-    default_arguments(parser)
-    return parser.parse_args_and_config(argv)
+    return make_parser().parse_args_and_config(argv)
 
 
 def test_the_readme_has_gpu_and_cpu_training_commands():

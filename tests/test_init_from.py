@@ -5,7 +5,7 @@ from __future__ import annotations
 from conftest import MOLECULES
 
 from processing_llamo import LlamoProcessor
-from train_sft import LlamoModelArguments, load_model
+from train_sft import LlamoModelConfig, load_model
 
 
 def test_init_from_loads_the_local_classes_without_executing_the_folders_code(tmp_path, tiny):
@@ -15,7 +15,7 @@ def test_init_from_loads_the_local_classes_without_executing_the_folders_code(tm
     marker = tmp_path / "executed"
     for name in ("processing_llamo.py", "modeling_llamo.py", "configuration_llamo.py", "featurization_llamo.py"):
         (tmp_path / name).write_text((tmp_path / name).read_text() + f"\nopen({str(marker)!r}, 'w').write({name!r})\n")
-    loaded_model, loaded_processor = load_model(LlamoModelArguments(stage=2, init_from=str(tmp_path)))
+    loaded_model, loaded_processor = load_model(LlamoModelConfig(stage=2, init_from=str(tmp_path)))
     assert not marker.exists()
     assert type(loaded_processor) is LlamoProcessor
     text = "<graph> What is it?"

@@ -34,7 +34,7 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
     code = (
         "import llamo.tiny, train_sft\n"
         "assert llamo.tiny.__file__.startswith(sys.argv[1]), llamo.tiny.__file__\n"
-        "model, processor = train_sft.load_model(train_sft.LlamoModelArguments())\n"  # the default --llm: the tiny model
+        "model, processor = train_sft.load_model(train_sft.LlamoModelConfig())\n"  # the default --llm: the tiny model
         "print(type(model).__name__, len(processor.tokenizer))"
     )
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}

@@ -230,10 +230,10 @@ def test_building_around_a_saved_causal_lm_keeps_its_weights(tmp_path):
     llm.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
 
-    from train_sft import LlamoModelArguments, build_llamo_around_llm
+    from train_sft import LlamoModelConfig, load_model
 
-    model, processor = build_llamo_around_llm(
-        str(tmp_path / "llm"), LlamoModelArguments(config_overrides="gnn_hidden_size=32,projector_mlp_depth=2")
+    model, processor = load_model(
+        LlamoModelConfig(model_name_or_path=str(tmp_path / "llm"), config_overrides="gnn_hidden_size=32,projector_mlp_depth=2")
     )
     model.eval()
     ids = torch.tensor([[1, 50, 60, 70, 80]])
@@ -268,11 +268,43 @@ def test_text_only_baseline_trains_from_an_llm_in_stage_2(tmp_path, facts_file):
         (["--stage", "2", "--lora_target_modules", "query"], "are not linear layers of the language model"),
         (["--stage", "1", "--packing", "true"], "--packing is not supported"),
         (["--stage", "1", "--padding_free", "true"], "--padding_free is not supported"),
+        (["--stage", "1", "--use_peft", "true"], "LoRA adapters in stage 2 and only there"),
+        (["--stage", "2", "--use_peft", "false"], "LoRA adapters in stage 2 and only there"),
+        (["--stage", "2", "--lora_task_type", "SEQ_CLS"], "LLaMo is a causal LM"),
+        (["--stage", "1", "--completion_only_loss", "false"], "always the assistant turns only"),
+        (["--stage", "1", "--model_init_kwargs", '{"dtype": "float16"}'], "loads the model itself"),
+        (["--stage", "1", "--load_in_4bit"], "QLoRA"),
     ],
 )
 def test_invalid_runs_are_refused(tmp_path, facts_file, argv, message):
     with pytest.raises(ValueError, match=message):
         train([*argv, "--datasets", facts_file, "--output_dir", str(tmp_path), "--max_steps", "1"])
+
+
+def test_model_flags_are_trls_model_config(tmp_path):
+    """TRL's own ModelConfig flags, with LLaMo's defaults (LoRA r 8, alpha 32, the attention's projections);
+    `--llm` is another name for `--model_name_or_path`; the LoRA config comes from TRL's `get_peft_config`."""
+    from trl import ModelConfig
+
+    from train_sft import lora_config, make_parser
+
+    def parse(*argv):
+        return make_parser().parse_args_and_config([*argv, "--output_dir", str(tmp_path)])[0]
+
+    assert isinstance(parse(), ModelConfig)
+    assert parse("--llm", "some/llm").model_name_or_path == parse("--model_name_or_path", "some/llm").model_name_or_path
+    model, _ = build_tiny_llamo()
+    default = lora_config(model, parse("--stage", "2"))
+    assert (default.r, default.lora_alpha, default.use_rslora, default.use_dora) == (8, 32, False, False)
+    assert default.target_modules == r"^model\.language_model\.(?:layers\.\d+\.self_attn\.q_proj|layers\.\d+\.self_attn\.v_proj)$"
+    tuned = lora_config(
+        model,
+        parse("--stage", "2", "--lora_r", "4", "--use_rslora", "true", "--use_dora", "true",
+              "--lora_target_modules", "all-linear", "--lora_modules_to_save", "lm_head"),
+    )  # fmt: skip
+    assert (tuned.r, tuned.use_rslora, tuned.use_dora) == (4, True, True)
+    assert set(tuned.modules_to_save) == {"projector", "lm_head"}
+    assert "gate_proj" in tuned.target_modules
 
 
 def test_push_to_hub_sends_the_merged_model_and_llamos_card(tmp_path, stage1_folder, facts_file, monkeypatch):
