@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+
+try:  # loaded as remote code (a package next to the weights)
+    from .projectors_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, ProjectorSpec
+except ImportError:  # imported as a plain module from the repository root
+    from projectors_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, ProjectorSpec
 
 
 # Column vocabularies of the OGB molecule schema (= ogb.utils.features.get_{atom,bond}_feature_dims()) and the size
@@ -102,56 +107,6 @@ CUSTOM_PIPELINES = {
     "molecule-text-to-text": {"impl": "pipeline_llamo.LlamoPipeline", "pt": ["AutoModelForCausalLM"], "type": "multimodal"}
 }
 
-
-@dataclass(frozen=True)
-class ProjectorSpec:
-    """What a `projector_type` means outside the model code: how many graph-token slots the processor writes per
-    molecule, which graph inputs it reads, whether it has attention maps to draw. `modeling_llamo.PROJECTORS` maps
-    the same names to the modules that implement them (the configuration must load without the model's imports).
-
-    Args:
-        description: what the graph tokens are made of (paper, Table 4).
-        graph_tokens: tokens per molecule as a function of the config; `None`: one token per atom.
-        uses_graph: `False` for the text-only model (no graph encoder, no projector).
-        uses_motifs: reads the functional-group inputs (`graph_motif_*`).
-        attention_levels: `"all"` (one cross-attention map per GNN level), `"last"` (one map, over the last GNN
-            layer) or `None` (no cross-attention).
-    """
-
-    description: str
-    graph_tokens: Callable[[PreTrainedConfig], int] | None
-    uses_graph: bool = True
-    uses_motifs: bool = False
-    attention_levels: str | None = None
-
-
-def _level_query_tokens(config: PreTrainedConfig) -> int:
-    return config.num_query_tokens_per_level * config.num_graph_levels
-
-
-def _level_and_motif_query_tokens(config: PreTrainedConfig) -> int:
-    return _level_query_tokens(config) + config.num_motif_query_tokens
-
-
-# projector_type -> its spec; the first is the paper's model.
-PROJECTOR_SPECS = {
-    "multilevel": ProjectorSpec(
-        "MGProj: learned queries per GNN level + motif queries, cross-attention (the paper's model)",
-        _level_and_motif_query_tokens, uses_motifs=True, attention_levels="all",
-    ),
-    "multilevel_no_motif": ProjectorSpec(
-        "MGProj without the functional-group tokens", _level_query_tokens, attention_levels="all"
-    ),
-    "mlp_low": ProjectorSpec("one token per atom: MLP on the lowest level (atom embeddings before message passing)", None),
-    "mlp_high": ProjectorSpec("one token per atom: MLP on the last GNN layer", None),
-    "mlp_concat": ProjectorSpec("one token per atom: MLP on all levels concatenated", None),
-    "resampler": ProjectorSpec(
-        "learned queries cross-attending the last GNN layer, as many tokens as `multilevel`",
-        _level_and_motif_query_tokens, attention_levels="last",
-    ),
-    "none": ProjectorSpec("no graph at all: the language model reads the SMILES text only", lambda config: 0, uses_graph=False),
-}  # fmt: skip
-PROJECTOR_TYPES = tuple(PROJECTOR_SPECS)
 
 # projector_attention -> how the multi-level projector's learned queries attend the atoms
 PROJECTOR_ATTENTIONS = (

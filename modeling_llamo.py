@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
@@ -32,7 +31,6 @@ try:  # inside `try` so transformers' remote-code import check passes on the pla
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* deprecated", category=FutureWarning)
         from torch_geometric.nn import BatchNorm, GINEConv
-        from torch_geometric.utils import to_dense_batch
 except ImportError as error:
     raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
 
@@ -40,6 +38,12 @@ try:  # loaded as remote code (a package next to the weights)
     from .configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
 except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
+
+
+try:  # loaded as remote code (a package next to the weights)
+    from .projectors_llamo import LlamoGraphOutput, LlamoProjector, build_projector
+except ImportError:  # imported as a plain module from the repository root
+    from projectors_llamo import LlamoGraphOutput, LlamoProjector, build_projector
 
 
 try:  # a relative import, so that save_pretrained copies the pipeline file next to the weights (config.custom_pipelines)
@@ -63,29 +67,6 @@ def deprecate_old_cache_name(forward):
     if CACHE_ARGUMENT == "cache":
         return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
     return forward
-
-
-@dataclass
-class LlamoGraphOutput(ModelOutput):
-    """
-    Output of the graph side of LLaMo.
-
-    Args:
-        graph_features (`torch.FloatTensor` of shape `(num_graph_slots, hidden_size)`):
-            Projected graph tokens of all molecules, in slot order (molecule by molecule).
-        node_states (`tuple(torch.FloatTensor)`):
-            The GIN's `gnn_num_layers + 1` levels of node states, each `(num_atoms, gnn_hidden_size)`.
-        level_attentions (`torch.FloatTensor` of shape `(num_molecules, num_levels, num_queries, max_atoms)`, *optional*):
-            Cross-attention weights of the level queries over each molecule's atoms (averaged over heads); padded
-            atom positions are 0. The resampler reports its single attention as one level (the last GNN layer).
-        motif_attentions (`torch.FloatTensor` of shape `(num_molecules, num_motif_queries, max_motifs)`, *optional*):
-            Cross-attention weights of the motif queries over each molecule's functional groups.
-    """
-
-    graph_features: torch.FloatTensor | None = None
-    node_states: tuple[torch.FloatTensor, ...] | None = None
-    level_attentions: torch.FloatTensor | None = None
-    motif_attentions: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -233,32 +214,6 @@ class LlamoGraphEncoder(nn.Module):
                 buffer.data = buffer.data.to(dtype)
 
 
-class LlamoGraphTokenHead(nn.Module):
-    """LayerNorm (computed in fp32, as the original) then an MLP from the graph width to the LLM width."""
-
-    _keep_in_fp32 = ("layer_norm",)
-
-    def __init__(self, input_size: int, config: LlamoConfig):
-        super().__init__()
-        # the width of the LLM's input embeddings, which the graph vectors replace (OPT-350m: word_embed_proj_dim)
-        output_size = config.text_embedding_size
-        self.layer_norm = nn.LayerNorm(input_size)
-        layers = [nn.Linear(input_size, output_size)]
-        for _ in range(config.projector_mlp_depth - 1):
-            layers += [ACT2FN[config.projector_hidden_act], nn.Linear(output_size, output_size)]
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        normed = F.layer_norm(
-            tokens.float(),
-            self.layer_norm.normalized_shape,
-            self.layer_norm.weight.float(),
-            self.layer_norm.bias.float(),
-            self.layer_norm.eps,
-        )
-        return self.mlp(normed.to(self.mlp[0].weight.dtype))
-
-
 def fp32_island_names(model: nn.Module) -> list[str]:
     """Qualified names of the submodules whose classes declare them fp32 (`_keep_in_fp32`: names relative to the
     declaring module, "" for the module itself)."""
@@ -282,233 +237,6 @@ def keep_fp32_islands(model: nn.Module) -> None:
         for tensor in (*module.parameters(), *module.buffers()):
             if tensor.is_floating_point() and tensor.dtype != torch.float32 and not hasattr(tensor, "ds_id"):
                 tensor.data = tensor.data.float()
-
-
-def attend_to_sets(
-    attention: nn.MultiheadAttention, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, need_weights: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Cross-attention of `queries` [B, Q, H] over padded sets `keys` [B, N, H] (`key_mask` True = real element).
-
-    A molecule with an empty set (no functional groups) gets its queries back unchanged, as in LLaMo. Its first
-    padding slot is unmasked only to keep softmax finite: a fully masked row would produce NaN and poison the
-    gradients of the shared attention even though its output is discarded.
-    """
-    keys = keys.to(queries.dtype)
-    if keys.shape[1] == 0:
-        weights = queries.new_zeros(queries.shape[0], queries.shape[1], 0) if need_weights else None
-        return queries, weights
-    empty = ~key_mask.any(dim=1)
-    padding_mask = ~key_mask
-    padding_mask[:, 0] &= ~empty
-    attended, weights = attention(queries, keys, keys, key_padding_mask=padding_mask, need_weights=need_weights)
-    attended = torch.where(empty[:, None, None], queries, attended)
-    if weights is not None:
-        weights = weights.masked_fill(empty[:, None, None], 0.0)
-    return attended, weights
-
-
-class LlamoProjector(nn.Module):
-    """Interface of the graph projectors: the GIN's levels of a batch of molecules -> graph tokens at the LLM's width.
-
-    A projector is built from the config alone, is registered in `PROJECTORS` under the `projector_type` names it
-    implements (`configuration_llamo.PROJECTOR_SPECS` says, for the processor and the tools, how many tokens each
-    makes, whether it reads motifs and has attention maps), initializes its own parameters in
-    `init_projector_weights`, and returns a `LlamoGraphOutput` whose `graph_features` are
-    `config.num_graph_tokens` rows per molecule (one per atom when that is `None`), molecule by molecule.
-    """
-
-    def __init__(self, config: LlamoConfig):
-        super().__init__()
-        self.use_motifs = config.uses_motifs
-
-    def init_projector_weights(self, config: LlamoConfig) -> None:
-        """Initialize the parameters this module owns directly (called by `LlamoPreTrainedModel._init_weights`
-        after the generic rules for Linear, LayerNorm, attention, ...)."""
-
-    def forward(
-        self,
-        levels: tuple[torch.Tensor, ...],
-        node_batch: torch.LongTensor,
-        num_molecules: int,
-        motif_features: torch.Tensor | None = None,
-        motif_batch: torch.LongTensor | None = None,
-        output_attentions: bool = False,
-    ) -> LlamoGraphOutput:
-        raise NotImplementedError
-
-
-class LlamoMultiLevelProjector(LlamoProjector):
-    """MGProj: learned queries per GNN level (and over functional-group motifs) cross-attend the molecule; the
-    resulting tokens are normalized and mapped to the LLM's width. With the defaults: 6 x 4 + 4 = 28 tokens."""
-
-    def __init__(self, config: LlamoConfig):
-        super().__init__(config)
-        hidden, heads = config.gnn_hidden_size, config.projector_num_heads
-        self.num_levels = config.num_graph_levels
-        self.motif_tokens_first = config.motif_tokens_first
-        self.level_queries = nn.Parameter(torch.empty(self.num_levels, config.num_query_tokens_per_level, hidden))
-        num_attentions = 1 if config.share_level_cross_attention else self.num_levels
-        self.level_attentions = nn.ModuleList(
-            nn.MultiheadAttention(hidden, heads, batch_first=True) for _ in range(num_attentions)
-        )
-        if self.use_motifs:
-            self.motif_embedding = nn.Linear(config.motif_feature_size, hidden, bias=False)
-            self.motif_queries = nn.Parameter(torch.empty(config.num_motif_query_tokens, hidden))
-            self.motif_attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.head = LlamoGraphTokenHead(hidden, config)
-        # `projector_attention="normed"`: unit-scale keys per level and sharper queries (see LlamoConfig).
-        self.normed = config.projector_attention == "normed"
-        if self.normed:
-            self.level_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(self.num_levels))
-            self.query_log_scale = nn.Parameter(torch.empty(self.num_levels, 1, 1))
-        self.size_head = nn.Linear(hidden, config.text_embedding_size) if config.graph_size_token else None
-
-    def init_projector_weights(self, config: LlamoConfig) -> None:
-        init.normal_(self.level_queries, mean=0.0, std=config.query_init_std)
-        if self.use_motifs:
-            init.normal_(self.motif_queries, mean=0.0, std=config.query_init_std)
-        if self.normed:  # logits scaled by sqrt(head dim) / sqrt(head dim) = 1 at init instead of 1 / sqrt(head dim)
-            head_dim = config.gnn_hidden_size // config.projector_num_heads
-            init.constant_(self.query_log_scale, 0.5 * torch.tensor(float(head_dim)).log().item())
-
-    def forward(
-        self,
-        levels: tuple[torch.Tensor, ...],
-        node_batch: torch.LongTensor,
-        num_molecules: int,
-        motif_features: torch.Tensor | None,
-        motif_batch: torch.LongTensor | None,
-        output_attentions: bool = False,
-    ) -> LlamoGraphOutput:
-        # All levels padded per molecule in one call: [B, max_atoms, L + 1, H] -> [L + 1, B, max_atoms, H]
-        dense, atom_mask = to_dense_batch(torch.cat(levels, dim=-1), node_batch, batch_size=num_molecules)
-        dense = dense.unflatten(-1, (self.num_levels, -1)).permute(2, 0, 1, 3)
-        queries = self.level_queries[:, None].expand(-1, num_molecules, -1, -1)
-        if self.normed:
-            dense = torch.stack([norm(level) for norm, level in zip(self.level_norms, dense)])
-            queries = queries * self.query_log_scale.exp()[:, None]
-
-        if len(self.level_attentions) == 1:  # shared attention: every level in a single batched call
-            tokens, weights = attend_to_sets(
-                self.level_attentions[0],
-                queries.flatten(0, 1),
-                dense.flatten(0, 1),
-                atom_mask.repeat(self.num_levels, 1),
-                output_attentions,
-            )
-            tokens = tokens.unflatten(0, (self.num_levels, num_molecules))
-            weights = weights.unflatten(0, (self.num_levels, num_molecules)) if output_attentions else None
-        else:
-            per_level = [
-                attend_to_sets(attention, queries[level], dense[level], atom_mask, output_attentions)
-                for level, attention in enumerate(self.level_attentions)
-            ]
-            tokens = torch.stack([level_tokens for level_tokens, _ in per_level])
-            weights = torch.stack([level_weights for _, level_weights in per_level]) if output_attentions else None
-        level_tokens = tokens.permute(1, 0, 2, 3).flatten(1, 2)  # [B, (L + 1) * Q, H], level by level
-        level_weights = weights.permute(1, 0, 2, 3) if output_attentions else None
-
-        motif_weights = None
-        if self.use_motifs:
-            motif_tokens, motif_weights = self._motif_tokens(motif_features, motif_batch, num_molecules, output_attentions)
-            parts = (motif_tokens, level_tokens) if self.motif_tokens_first else (level_tokens, motif_tokens)
-            level_tokens = torch.cat(parts, dim=1)
-        graph_tokens = self.head(level_tokens)
-        if self.size_head is not None:
-            graph_tokens = torch.cat([graph_tokens, self._size_token(levels[-1], node_batch, num_molecules)], dim=1)
-        return LlamoGraphOutput(
-            graph_features=graph_tokens.flatten(0, 1),
-            node_states=levels,
-            level_attentions=level_weights,
-            motif_attentions=motif_weights,
-        )
-
-    def _size_token(self, last_level: torch.Tensor, node_batch: torch.LongTensor, num_molecules: int) -> torch.Tensor:
-        """[B, 1, LLM width]: the sum of the layer-normed atom states, whose norm grows with the molecule."""
-        normed = F.layer_norm(last_level.float(), last_level.shape[-1:])
-        summed = normed.new_zeros(num_molecules, normed.shape[-1]).index_add_(0, node_batch, normed)
-        return self.size_head(summed.to(self.size_head.weight.dtype))[:, None]
-
-    def _motif_tokens(
-        self,
-        motif_features: torch.Tensor | None,
-        motif_batch: torch.LongTensor | None,
-        num_molecules: int,
-        output_attentions: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if motif_features is None or motif_batch is None:
-            raise ValueError(
-                "this LLaMo projector uses functional-group motifs: pass `graph_motif_features` and `graph_motif_batch` "
-                "(LlamoProcessor returns them)"
-            )
-        embedded = self.motif_embedding(motif_features.to(self.motif_embedding.weight.dtype))
-        dense, motif_mask = to_dense_batch(embedded, motif_batch, batch_size=num_molecules)
-        queries = self.motif_queries[None].expand(num_molecules, -1, -1)
-        return attend_to_sets(self.motif_attention, queries, dense, motif_mask, output_attentions)
-
-
-class LlamoResamplerProjector(LlamoProjector):
-    """Ablation: one set of learned queries cross-attending the last GNN layer (no levels, no motifs)."""
-
-    def __init__(self, config: LlamoConfig):
-        super().__init__(config)
-        hidden = config.gnn_hidden_size
-        self.queries = nn.Parameter(torch.empty(config.num_graph_tokens, hidden))
-        self.attention = nn.MultiheadAttention(hidden, config.projector_num_heads, batch_first=True)
-        self.head = LlamoGraphTokenHead(hidden, config)
-
-    def init_projector_weights(self, config: LlamoConfig) -> None:
-        init.normal_(self.queries, mean=0.0, std=config.query_init_std)
-
-    def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
-        dense, atom_mask = to_dense_batch(levels[-1], node_batch, batch_size=num_molecules)
-        queries = self.queries[None].expand(num_molecules, -1, -1)
-        tokens, weights = attend_to_sets(self.attention, queries, dense, atom_mask, output_attentions)
-        return LlamoGraphOutput(
-            graph_features=self.head(tokens).flatten(0, 1),
-            node_states=levels,
-            level_attentions=weights[:, None] if output_attentions else None,
-        )
-
-
-class LlamoNodeProjector(LlamoProjector):
-    """Ablation: one graph token per atom, an MLP on the lowest, the highest or all levels concatenated."""
-
-    def __init__(self, config: LlamoConfig):
-        super().__init__(config)
-        self.levels = {"mlp_low": "low", "mlp_high": "high", "mlp_concat": "concat"}[config.projector_type]
-        width = config.gnn_hidden_size * (config.num_graph_levels if self.levels == "concat" else 1)
-        self.head = LlamoGraphTokenHead(width, config)
-
-    def forward(self, levels, node_batch, num_molecules, motif_features=None, motif_batch=None, output_attentions=False):
-        if self.levels == "concat":
-            nodes = torch.cat(levels, dim=-1)
-        else:
-            nodes = levels[0] if self.levels == "low" else levels[-1]
-        return LlamoGraphOutput(graph_features=self.head(nodes), node_states=levels)
-
-
-# projector_type -> implementation, for every type of `PROJECTOR_SPECS` that reads the graph (tests check they agree).
-# A new projector: a `LlamoProjector` subclass, its entry here and its `ProjectorSpec` in configuration_llamo.
-PROJECTORS: dict[str, type[LlamoProjector]] = {
-    "multilevel": LlamoMultiLevelProjector,
-    "multilevel_no_motif": LlamoMultiLevelProjector,
-    "mlp_low": LlamoNodeProjector,
-    "mlp_high": LlamoNodeProjector,
-    "mlp_concat": LlamoNodeProjector,
-    "resampler": LlamoResamplerProjector,
-}
-
-
-def build_projector(config: LlamoConfig) -> LlamoProjector | None:
-    """The config's projector, or None for a text-only model."""
-    if not config.uses_graph:
-        return None
-    if config.projector_type not in PROJECTORS:
-        raise ValueError(
-            f"projector_type {config.projector_type!r} has no implementation in PROJECTORS ({', '.join(PROJECTORS)})"
-        )
-    return PROJECTORS[config.projector_type](config)
 
 
 def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index: torch.LongTensor) -> dict[str, torch.Tensor]:
@@ -1059,8 +787,6 @@ __all__ = [
     "LlamoForConditionalGeneration",
     "LlamoModel",
     "LlamoPreTrainedModel",
-    "PROJECTORS",
-    "LlamoProjector",
     "check_graph_inputs",
     "select_graph_molecules",
 ]

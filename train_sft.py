@@ -40,7 +40,6 @@ from transformers import BitsAndBytesConfig, TrainerCallback
 from transformers.pytorch_utils import Conv1D
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
-from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
 from llamo.builder import build_llamo, lora_target_regex
 from llamo.checkpoints import resolve_resume
 from llamo.cli import check_model_path
@@ -51,6 +50,7 @@ from llamo.timing import StepTimer
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
+from projectors_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES
 
 
 @dataclass

@@ -32,9 +32,9 @@ import time
 
 import torch
 
-from configuration_llamo import PROJECTOR_SPECS
 from llamo.base_llm import pretrain_base_llm
 from llamo.evaluation import evaluate, evaluate_baseline, load_examples
+from projectors_llamo import PROJECTOR_SPECS
 
 from quality.data import missing_sources, prepare_splits  # a sibling package: run as `python benchmarks/run_benchmark.py`
 from quality.report import build_report, update_readme, write_report

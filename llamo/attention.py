@@ -37,8 +37,8 @@ import torch
 from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
-from configuration_llamo import PROJECTOR_SPECS
 from featurization_llamo import featurize_molecule, parse_smiles
+from projectors_llamo import PROJECTOR_SPECS
 
 
 # Projector types whose graph tokens come from cross-attention (the others have no weights to show).

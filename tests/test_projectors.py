@@ -1,5 +1,6 @@
-"""Projectors behind one interface: the registry (`PROJECTORS`) implements exactly the configuration's
-`PROJECTOR_SPECS`, and every projector makes the tokens, reads the inputs and returns the attention its spec says."""
+"""Projectors behind one interface and one table (`projectors_llamo.PROJECTOR_SPECS`, which the configuration reads):
+every projector makes the tokens, reads the inputs and returns the attention its spec says, and a new one is one
+class and one table line."""
 
 from __future__ import annotations
 
@@ -9,20 +10,28 @@ from conftest import MOLECULES
 from torch import nn
 from torch_geometric.nn import global_mean_pool
 
-import modeling_llamo
-from configuration_llamo import PROJECTOR_SPECS, PROJECTOR_TYPES, LlamoConfig, ProjectorSpec
+import configuration_llamo
+from configuration_llamo import LlamoConfig
 from llamo.tiny import build_tiny_llamo
-from modeling_llamo import PROJECTORS, LlamoGraphOutput, LlamoGraphTokenHead, LlamoProjector
+from projectors_llamo import (
+    PROJECTOR_SPECS,
+    PROJECTOR_TYPES,
+    LlamoGraphOutput,
+    LlamoGraphTokenHead,
+    LlamoProjector,
+    ProjectorSpec,
+)
 
 
 GRAPH_TYPES = [name for name, spec in PROJECTOR_SPECS.items() if spec.uses_graph]
 
 
-def test_the_registry_implements_every_projector_type_that_reads_graphs():
+def test_one_table_names_every_projector_type_and_its_module():
+    assert configuration_llamo.PROJECTOR_SPECS is PROJECTOR_SPECS  # the configuration reads the same table
     assert tuple(PROJECTOR_SPECS) == PROJECTOR_TYPES
     assert PROJECTOR_TYPES[0] == "multilevel"
-    assert set(PROJECTORS) == set(GRAPH_TYPES) == set(PROJECTOR_TYPES) - {"none"}
-    assert all(issubclass(cls, LlamoProjector) for cls in PROJECTORS.values())
+    assert set(GRAPH_TYPES) == set(PROJECTOR_TYPES) - {"none"} and PROJECTOR_SPECS["none"].projector is None
+    assert all(issubclass(PROJECTOR_SPECS[name].projector, LlamoProjector) for name in GRAPH_TYPES)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +68,9 @@ def test_each_projector_initializes_its_own_queries(projector_type):
     assert queries and all(abs(float(param.detach().std()) - 3.0) < 0.6 for param in queries)
 
 
-def test_a_new_projector_is_one_registry_entry_and_one_spec(monkeypatch, molecules):
-    """The extension path: a `LlamoProjector` subclass in `PROJECTORS` plus its `ProjectorSpec`; nothing else changes."""
+def test_a_new_projector_is_one_class_and_one_table_line(monkeypatch, molecules):
+    """The extension path: a `LlamoProjector` subclass and its `ProjectorSpec` line; the configuration (token count),
+    the processor (slots) and the model (build, init, forward) follow, nothing else changes."""
 
     class MeanPoolProjector(LlamoProjector):
         """Two tokens per molecule: the mean of the first and of the last GNN level."""
@@ -78,8 +88,7 @@ def test_a_new_projector_is_one_registry_entry_and_one_spec(monkeypatch, molecul
             tokens = torch.stack(pooled, dim=1) * self.scale
             return LlamoGraphOutput(graph_features=self.head(tokens).flatten(0, 1), node_states=levels)
 
-    monkeypatch.setitem(PROJECTOR_SPECS, "mean_pool", ProjectorSpec("mean of two levels", lambda config: 2))
-    monkeypatch.setitem(modeling_llamo.PROJECTORS, "mean_pool", MeanPoolProjector)
+    monkeypatch.setitem(PROJECTOR_SPECS, "mean_pool", ProjectorSpec(MeanPoolProjector, "mean of two levels", lambda c: 2))
     model, processor = build_tiny_llamo(seed=0, projector_type="mean_pool")
     model.eval()
     assert isinstance(model.model.projector, MeanPoolProjector) and float(model.model.projector.scale.detach()) == 1.0
@@ -88,9 +97,3 @@ def test_a_new_projector_is_one_registry_entry_and_one_spec(monkeypatch, molecul
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
-
-
-def test_a_spec_without_an_implementation_is_refused(monkeypatch):
-    monkeypatch.setitem(PROJECTOR_SPECS, "qformer", ProjectorSpec("not implemented", lambda config: 8))
-    with pytest.raises(ValueError, match="no implementation in PROJECTORS"):
-        build_tiny_llamo(seed=0, projector_type="qformer")

@@ -12,7 +12,10 @@ from conftest import CONTRACT, MOLECULES, ROOT, run_fresh, user_turn
 from transformers.dynamic_module_utils import check_imports, get_imports
 
 
-CODE_FILES = ["configuration_llamo.py", "modeling_llamo.py", "processing_llamo.py", "featurization_llamo.py", "pipeline_llamo.py"]
+CODE_FILES = [
+    "configuration_llamo.py", "modeling_llamo.py", "projectors_llamo.py", "processing_llamo.py", "featurization_llamo.py",
+    "pipeline_llamo.py",
+]  # fmt: skip
 
 
 def test_saved_folder_holds_the_code_and_the_auto_maps(tiny_folder):

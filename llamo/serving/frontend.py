@@ -18,8 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from configuration_llamo import LlamoConfig
-from modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder, build_projector
+from modeling_llamo import LlamoForConditionalGeneration, LlamoGraphEncoder
 from processing_llamo import LlamoProcessor
+from projectors_llamo import build_projector
 
 
 FRONTEND_WEIGHTS = "frontend.safetensors"
