@@ -24,7 +24,13 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
                    check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
     (wheel,) = tmp_path.glob("llamo_hf-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"llamo/assets/tokenizer/tokenizer.json", "pipeline_llamo.py", "modeling_llamo.py", "projectors_llamo.py", "train_sft.py"} <= names
+    assert {
+        "llamo/assets/tokenizer/tokenizer.json",
+        "pipeline_llamo.py",
+        "modeling_llamo.py",
+        "projectors_llamo.py",
+        "train_sft.py",
+    } <= names
     site = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
