@@ -2,13 +2,13 @@
 
     python run_tiny_pipeline.py [--output_dir outputs]
 
-1. data      instruction data generated from the shipped SMILES (`llamo/instructions.py`) and QM9 HOMO/LUMO/gap
-             values; 10% of the molecules are held out of every stage (same split everywhere).
+1. data      instruction data generated from the shipped SMILES (`llamo/instructions.py`) and the QM9 HOMO-LUMO
+             gaps (a graph-dependent task); 10% of the molecules are held out of every stage (same split everywhere).
 2. stage 0   a tiny Llama (the "base LLM") learns the text of the training conversations, SMILES included.
 3. stage 1   LLaMo is built around it; the GIN and projector learn from descriptions, the LLM frozen.
-4. stage 2   instruction tuning: projector + LoRA, GIN frozen  -> `outputs/llamo-tiny`.
+4. stage 2   instruction tuning: projector + LoRA, and the GIN (`--train_graph_encoder`)  -> `outputs/llamo-tiny`.
 5. baseline  the same base LLM through the same stage 2 with `projector_type none` (SMILES text, no graph).
-6. eval      both answer the held-out questions (greedy): exact match on computed facts, property MAE, and the graph
+6. eval      both answer the held-out questions (greedy): exact match on computed facts, gap MAE, and the graph
              model's reliance on its graph (answer NLL with true vs shuffled / batch-mean graphs); next to
              two baselines fitted on the training questions: Morgan nearest-neighbour retrieval and the most
              common training answer (training mean for properties) of the same kind of question.
@@ -19,6 +19,7 @@ Every training step is a printed `train_sft.py` command, runnable on its own.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import pathlib
@@ -49,14 +50,26 @@ def log(message: str) -> None:
 
 
 def make_data(data_dir: pathlib.Path, molecules: int, seed: int) -> dict[str, str]:
-    """Generated questions (stage 2) and descriptions (stage 1) for the shipped molecules, as JSON Lines."""
+    """Generated questions (stage 2) and descriptions (stage 1) for the shipped molecules, as JSON Lines, and the QM9
+    HOMO-LUMO gaps (`smiles`, `gap`: one property, so the steps it gets are enough for the graph to show)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     smiles = shipped_molecules(molecules)
     files = {"questions": data_dir / "questions.jsonl", "descriptions": data_dir / "descriptions.jsonl"}
     with files["questions"].open("w") as questions, files["descriptions"].open("w") as descriptions:
         for row in generate_examples(smiles, questions_per_molecule=4, multi_turn_fraction=0.2, descriptions=True, seed=seed):
             (descriptions if row["task"] == "description" else questions).write(json.dumps(row) + "\n")
+    files["gap"] = qm9_gap_file(data_dir)
     return {name: str(path) for name, path in files.items()}
+
+
+def qm9_gap_file(data_dir: pathlib.Path) -> pathlib.Path:
+    """The shipped QM9 sample's `smiles` and `gap` columns (the `property` format asks one question per column)."""
+    path = data_dir / "qm9_gap.tsv"
+    with open(ROOT / "data" / "qm9_homo_lumo_gap.tsv") as source, path.open("w") as target:
+        target.write(
+            "smiles\tgap\n" + "".join(f"{row['smiles']}\t{row['gap']}\n" for row in csv.DictReader(source, delimiter="\t"))
+        )
+    return path
 
 
 def shipped_molecules(count: int, max_heavy_atoms: int = 20) -> list[str]:
@@ -68,9 +81,9 @@ def shipped_molecules(count: int, max_heavy_atoms: int = 20) -> list[str]:
 
 
 def stage2_sources(files: dict[str, str]) -> list[str]:
-    """Computed-fact questions and QM9 properties: short answers a tiny model can learn in minutes (IUPAC naming
-    is in the quality benchmark, `benchmarks/run_benchmark.py`)."""
-    return [f"messages:{files['questions']}@0.75", f"property:{ROOT / 'data' / 'qm9_homo_lumo_gap.tsv'}@0.25"]
+    """Computed-fact questions and QM9 HOMO-LUMO gaps, half and half: short answers a tiny model can learn in minutes
+    (IUPAC naming is in the quality benchmark, `benchmarks/run_benchmark.py`)."""
+    return [f"messages:{files['questions']}@0.5", f"property:{files['gap']}@0.5"]
 
 
 def train(arguments: list[str]) -> None:
@@ -88,30 +101,30 @@ def fact_examples(rows):
     return examples_from_conversations(rows)
 
 
-def held_out_examples(molecules: list[str], per_task: dict[str, int], seed: int):
+def held_out_examples(molecules: list[str], gap_file: pathlib.Path, per_task: dict[str, int], seed: int):
     """Questions about held-out molecules with checkable answers: new exact-answer fact questions and held-out QM9
-    properties."""
+    gaps."""
     held_out = [s for s in molecules if is_held_out([s], HELD_OUT)]
     facts = list(
         generate_examples(held_out, 2, multi_turn_fraction=0.0, descriptions=False, facts_subset=EXACT_FACTS, seed=seed + 1)
     )
     examples = fact_examples([{**row, "smiles": [row["smiles"]]} for row in facts[: per_task["facts"]]])
-    _, held = qm9_split(seed)
+    _, held = qm9_split(gap_file, seed)
     return examples + examples_from_conversations(held.select(range(min(per_task["property"], len(held)))))
 
 
-def training_examples(questions_file: pathlib.Path, seed: int):
+def training_examples(questions_file: pathlib.Path, gap_file: pathlib.Path, seed: int):
     """The training side of the same questions (held-out molecules excluded), for the baselines to answer from."""
     with open(questions_file) as handle:
         rows = [json.loads(line) for line in handle]
     rows = [{**row, "smiles": [row["smiles"]]} for row in rows if not is_held_out([row["smiles"]], HELD_OUT)]
-    train, _ = qm9_split(seed)
+    train, _ = qm9_split(gap_file, seed)
     return fact_examples(rows) + examples_from_conversations(train)
 
 
-def qm9_split(seed: int):
-    """The shipped QM9 property questions, split into training and held-out molecules as in training."""
-    conversations, _ = load_source(DataSource(path=str(ROOT / "data" / "qm9_homo_lumo_gap.tsv"), format="property"), seed=seed)
+def qm9_split(gap_file: pathlib.Path, seed: int):
+    """The QM9 gap questions, split into training and held-out molecules as in training."""
+    conversations, _ = load_source(DataSource(path=str(gap_file), format="property"), seed=seed)
     return split_by_molecule(conversations, HELD_OUT)
 
 
@@ -139,9 +152,11 @@ def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings:
     timings["stage1"] = time.time() - tick
 
     lora = ["--lora_target_modules", "all-linear", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "2e-3"]
-    log("4/6 stage 2: instruction tuning (projector + LoRA; GIN frozen)")
+    # The GIN is trained in stage 2 as well: aligned on descriptions that also show the SMILES, a frozen GIN gives
+    # the language model little that the text does not (graph benchmark in the README).
+    log("4/6 stage 2: instruction tuning (projector + LoRA + GIN)")
     tick = time.time()
-    train(["--stage", "2", "--init_from", str(out / "llamo-tiny-stage1"), "--datasets", *sources,
+    train(["--stage", "2", "--init_from", str(out / "llamo-tiny-stage1"), "--datasets", *sources, "--train_graph_encoder",
            "--output_dir", str(out / "llamo-tiny"), *lora, *common])  # fmt: skip
     timings["stage2"] = time.time() - tick
 
@@ -157,7 +172,7 @@ def main() -> None:
     parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "outputs")
     parser.add_argument("--molecules", type=int, default=4000, help="molecules to generate questions for")
     parser.add_argument("--steps", type=int, default=300, help="training steps per stage")
-    parser.add_argument("--eval_per_task", type=int, default=200)
+    parser.add_argument("--eval_per_task", type=int, default=200, help="held-out questions per task (facts, gap)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_only", action="store_true", help="only step 6, on the data and models already in --output_dir")
     args = parser.parse_args()
@@ -167,12 +182,13 @@ def main() -> None:
 
     log("6/6 evaluation on held-out molecules (greedy decoding)")
     tick = time.time()
-    per_task = {"facts": args.eval_per_task, "property": args.eval_per_task // 2}
-    examples = held_out_examples(shipped_molecules(args.molecules), per_task, args.seed)
+    per_task = {"facts": args.eval_per_task, "property": args.eval_per_task}
+    gap_file = out / "data" / "qm9_gap.tsv"
+    examples = held_out_examples(shipped_molecules(args.molecules), gap_file, per_task, args.seed)
     results = {}
     for name in ("llamo-tiny", "baseline-no-graph"):
         results[name] = evaluate(str(out / name), examples, out / "eval" / name, batch_size=32, max_new_tokens=64)
-    train_examples = training_examples(out / "data" / "questions.jsonl", args.seed)
+    train_examples = training_examples(out / "data" / "questions.jsonl", gap_file, args.seed)
     for baseline in (MorganRetrieval(), TrainMean()):
         results[baseline.name] = evaluate_baseline(baseline, train_examples, examples, out / "eval" / baseline.name)
     timings["eval"] = time.time() - tick
@@ -235,6 +251,9 @@ def report(out: pathlib.Path, examples, results: dict, timings: dict) -> None:
             f"  {task}: NLL {entry['answer_nll']:.4f} with its graph, +{entry['graph_reliance_shuffled']:.4f} with another "
             f"molecule's graph, +{entry['graph_reliance_mean']:.4f} with the batch-mean graph"
         )
+    nll = {name: tasks_by_model[name]["property"].get("answer_nll") for name in ("llamo-tiny", "baseline-no-graph")}
+    if None not in nll.values():
+        print(f"  property: answer NLL {nll['llamo-tiny']:.4f} (LLaMo) vs {nll['baseline-no-graph']:.4f} (no graph)")
     print("\nExact match per kind of fact:\n" + "\n".join(markdown_table(tasks_by_model, per_fact_rows)))
     print("\nSample answers (held-out molecules):")
     predictions = results["llamo-tiny"]["predictions"]
