@@ -22,6 +22,7 @@ function `(row, rng) -> conversations | Skip` registered in `FORMATS`:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import pathlib
@@ -34,9 +35,13 @@ from typing import Any, NamedTuple
 
 import datasets
 import torch
+from transformers.utils import logging
 
 from configuration_llamo import GRAPH_INPUTS, num_molecules
 from featurization_llamo import join_graph_inputs, parse_smiles, prompt_smiles
+
+
+logger = logging.get_logger(__name__)
 
 
 PLACEHOLDER = "<graph>"
@@ -399,7 +404,12 @@ def load_source(source: DataSource, seed: int = 0) -> tuple[datasets.Dataset, Sk
 
 
 def load_mixture(sources: list[DataSource], seed: int = 0) -> tuple[datasets.Dataset, SkipReport]:
-    """All sources, concatenated, or interleaved with the given proportions (`@weight` on every source)."""
+    """All sources, concatenated, or interleaved with the given proportions (`@weight` on every source).
+
+    Interleaved, the proportions hold over the whole mixture: it runs until every source has been used up once, and a
+    source used up before that starts again (oversampling, as a weight asks). Without repetition a small source would
+    run out early and the mixture's tail, which `--max_train_samples` or `--max_steps` may or may not reach, would be
+    the other sources only: the weights would silently not hold."""
     loaded = [load_source(source, seed) for source in sources]
     report = SkipReport()
     for _, skipped in loaded:
@@ -417,8 +427,18 @@ def load_mixture(sources: list[DataSource], seed: int = 0) -> tuple[datasets.Dat
         parts,
         probabilities=[weight / total for weight in weights],
         seed=seed,
-        stopping_strategy="all_exhausted_without_replacement",
+        stopping_strategy="all_exhausted",
     )
+    for source, part, weight in zip(sources, parts, weights):
+        repeats = len(mixture) * weight / total / max(len(part), 1)
+        if repeats > 1.05:
+            logger.warning(
+                "mixture: %s (%d rows, weight %s) is repeated about %.1f times to keep its weight",
+                source.name,
+                len(part),
+                weight,
+                repeats,
+            )
     return mixture, report
 
 
@@ -438,15 +458,17 @@ def _first_question(messages: list[dict]) -> str:
 
 def split_by_molecule(dataset: datasets.Dataset, fraction: float) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Deterministic held-out split where all conversations showing one molecule text land on the same side."""
-    flags = [
-        is_held_out(smiles, fraction, None if smiles else _first_question(messages))
-        for smiles, messages in zip(dataset["smiles"], dataset["messages"])
-    ]
+    smiles_column = dataset.select_columns("smiles")[:]["smiles"]  # one read (row by row is slow on a mixture)
+    # the messages (slow to read as Python objects) only of the conversations without molecules
+    without_molecules = [index for index, smiles in enumerate(smiles_column) if not smiles]
+    questions = dict(zip(without_molecules, map(_first_question, dataset.select(without_molecules)["messages"])))
+    flags = [is_held_out(smiles, fraction, questions.get(index)) for index, smiles in enumerate(smiles_column)]
     train = dataset.select([i for i, flag in enumerate(flags) if not flag])
     evaluation = dataset.select([i for i, flag in enumerate(flags) if flag])
     return train, evaluation
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a mixture repeats molecules (several questions each, repeated sources)
 def _shown_smiles(smiles: str) -> str:
     """The SMILES text the processor puts in the prompt (its defaults), or the input when it does not parse."""
     try:

@@ -31,7 +31,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BILLION_CONFIG = dict(
     hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
 )
-TINY_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
 def print_result(result: dict) -> None:
@@ -45,7 +44,7 @@ def print_result(result: dict) -> None:
 
 def make_llm(folder: pathlib.Path, tiny: bool, dtype: torch.dtype) -> int:
     """A randomly initialized Llama-shaped causal LM with LLaMo's tiny tokenizer, saved like a Hub checkpoint."""
-    from llamo.tiny import load_tiny_tokenizer
+    from llamo.tiny import TINY_TEXT_CONFIG, load_tiny_tokenizer
 
     tokenizer = load_tiny_tokenizer()
     config = LlamaConfig(
@@ -53,8 +52,7 @@ def make_llm(folder: pathlib.Path, tiny: bool, dtype: torch.dtype) -> int:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        max_position_embeddings=2048,
-        **(TINY_CONFIG if tiny else BILLION_CONFIG),
+        **{**(TINY_TEXT_CONFIG if tiny else BILLION_CONFIG), "max_position_embeddings": 2048},
     )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):

@@ -140,9 +140,12 @@ def test_mixture_proportions(tmp_path):
     few = write(tmp_path / "few.tsv", "smiles\tiupac_name\n" + "".join(f"{'N' * (i % 3 + 1)}\tother{i}\n" for i in range(100)))
     mixture, _ = load_mixture([DataSource.parse(f"{many}@0.5"), DataSource.parse(f"{few}@0.5")], seed=0)
     answers = [m[1]["content"] for m in mixture["messages"]]
-    share = sum(a.startswith("other") for a in answers[:150]) / 150
-    assert 0.35 < share < 0.65  # 50/50 while both last
-    assert len(set(answers)) == 500  # every row is used once, none repeated
+    for start in (0, len(answers) // 2, len(answers) - 150):  # 50/50 at the start, the middle and the end
+        share = sum(a.startswith("other") for a in answers[start : start + 150]) / 150
+        assert 0.35 < share < 0.65, (start, share)
+    assert {a for a in answers if a.startswith("name")} == {f"name{i}" for i in range(400)}  # the larger source: once
+    assert len({a for a in answers if a.startswith("other")}) == 100  # the smaller one: all of it, repeated
+    assert 700 < len(answers) < 900  # about 400 rows of each
     with pytest.raises(ValueError, match="positive weight"):
         load_mixture([DataSource.parse(f"{many}@0.5"), DataSource.parse(few)])
     concatenated, _ = load_mixture([DataSource.parse(many), DataSource.parse(few)])
