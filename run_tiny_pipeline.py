@@ -254,8 +254,8 @@ def report(out: pathlib.Path, examples, results: dict, timings: dict) -> None:
           "molecule's graph is replaced):")  # fmt: skip
     for task, entry in summary["graph_reliance"].items():
         print(
-            f"  {task}: NLL {entry['answer_nll']:.4f} with its graph, +{entry['graph_reliance_shuffled']:.4f} with another "
-            f"molecule's graph, +{entry['graph_reliance_mean']:.4f} with the batch-mean graph"
+            f"  {task}: NLL {entry['answer_nll']:.4f} with its graph, {entry['graph_reliance_shuffled']:+.4f} with another "
+            f"molecule's graph, {entry['graph_reliance_mean']:+.4f} with the batch-mean graph"
         )
     nll = {name: tasks_by_model[name]["property"].get("answer_nll") for name in ("llamo-tiny", "baseline-no-graph")}
     if None not in nll.values():
