@@ -56,7 +56,10 @@ def test_train_sft_help_starts_with_a_description_and_llamo_flags():
     assert lines[0].startswith("usage: train_sft.py") and len(lines[0]) < 130
     assert "Train LLaMo with TRL's SFTTrainer" in result.stdout[:500]
     options = lines.index("options:")
-    assert lines[options + 2].strip().startswith("--stage") and options < 40  # after -h, LLaMo's own flags
+    assert options < 40 and "--llm" in lines[options + 2]  # after -h, the model flags (TRL's ModelConfig, `--llm` too)
+    flag_lines = [line.strip() for line in lines[options:] if line.strip().startswith("--")]
+    first = {flag: next(i for i, line in enumerate(flag_lines) if line.startswith(flag)) for flag in ("--stage", "--output_dir")}
+    assert first["--stage"] < first["--output_dir"]  # LLaMo's options before SFTConfig's ~150
 
 
 def test_demo_and_eval_use_underscored_flags_and_accept_the_old_demo_spelling():
