@@ -238,7 +238,9 @@ def load_model(
             quantization_config=quantization_config(model_args),
         )
         # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
-        return model, LlamoProcessor.from_pretrained(model_args.init_from, revision=model_args.model_revision)
+        return model, LlamoProcessor.from_pretrained(
+            model_args.init_from, revision=model_args.model_revision, trust_remote_code=False
+        )
     quantization_config(model_args)  # refuses 4/8-bit here: QLoRA goes over a stage-1 folder
     overrides = parse_config_overrides(model_args.config_overrides)
     if model_args.model_name_or_path is None:
@@ -487,7 +489,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     save(trainer, model, processor, model_args, data_args, summary)
     if trainer.is_world_process_zero():
         print_summary(summary, datasets.skipped)
-    trainer.end()  # trackers finished, process group destroyed: after every collective step
+    # No `trainer.end()` (TRL's scripts call it): destroying the process group made a DeepSpeed ZeRO-2 CPU run's second
+    # rank abort at exit in one of five runs here ("terminate called without an active exception").
     return summary
 
 
