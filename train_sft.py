@@ -330,7 +330,7 @@ class LlamoDatasets:
 
     train: Dataset
     eval: Dataset | None
-    eval_conversations: int
+    eval_examples: int  # held-out conversations (encoded or not: eval may be off)
     skipped: SkipReport
 
 
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         "output_dir": training_args.output_dir,
         "stage": model_args.stage,
         "train_examples": len(datasets.train),
-        "eval_examples": datasets.eval_conversations,
+        "eval_examples": datasets.eval_examples,
         "skipped": datasets.skipped.to_dict(),
         "trainable_parameters": trainable,
         "steps": result.global_step,

@@ -165,19 +165,11 @@ SMALL_TEXT_CONFIG = dict(
 
 def build_small_llamo(seed: int = 0, **overrides):
     """(model, processor): a randomly initialized LLaMo with `SMALL_TEXT_CONFIG` and the shipped tiny tokenizer."""
-    from transformers import LlamaConfig
-
     from llamo.builder import build_llamo_from_config
-    from llamo.tiny import load_tiny_tokenizer
+    from llamo.tiny import load_tiny_tokenizer, tiny_llama_config
 
     tokenizer = load_tiny_tokenizer()
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **SMALL_TEXT_CONFIG,
-    )
+    text_config = tiny_llama_config(tokenizer, **SMALL_TEXT_CONFIG)
     return build_llamo_from_config(text_config, tokenizer, seed=seed, **overrides)
 
 

@@ -10,12 +10,12 @@ import pathlib
 
 import torch
 from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from featurization_llamo import parse_smiles, prompt_smiles
 from llamo.data import DataSource, load_mixture, split_by_molecule
-from llamo.tiny import TINY_TEXT_CONFIG, load_tiny_tokenizer
+from llamo.tiny import load_tiny_tokenizer, tiny_llama_config
 from processing_llamo import DEFAULT_CHAT_TEMPLATE
 
 
@@ -39,10 +39,7 @@ def pretrain_base_llm(output_dir: pathlib.Path, sources: list[str], steps: int, 
     text = Dataset.from_list([conversation_as_text(row) for row in train.select(range(min(len(train), steps * 16)))])
     tokenizer = load_tiny_tokenizer()
     tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **TINY_TEXT_CONFIG,
-    )  # fmt: skip
+    config = tiny_llama_config(tokenizer)
     torch.manual_seed(seed)
     args = SFTConfig(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=16, learning_rate=3e-3,

@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from llamo.timing import peak_gpu_memory, synchronize
 
@@ -44,16 +44,10 @@ def print_result(result: dict) -> None:
 
 def make_llm(folder: pathlib.Path, tiny: bool, dtype: torch.dtype) -> int:
     """A randomly initialized Llama-shaped causal LM with LLaMo's tiny tokenizer, saved like a Hub checkpoint."""
-    from llamo.tiny import TINY_TEXT_CONFIG, load_tiny_tokenizer
+    from llamo.tiny import load_tiny_tokenizer, tiny_llama_config
 
     tokenizer = load_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**(TINY_TEXT_CONFIG if tiny else BILLION_CONFIG), "max_position_embeddings": 2048},
-    )
+    config = tiny_llama_config(tokenizer, **({} if tiny else BILLION_CONFIG), max_position_embeddings=2048)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = LlamaForCausalLM(config).to(dtype)

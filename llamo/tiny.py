@@ -40,15 +40,21 @@ def load_tiny_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
 
 
-def tiny_llamo_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamoConfig:
-    """Tiny LlamoConfig matching `tokenizer`; keyword arguments override graph / projector fields."""
-    text_config = LlamaConfig(
+def tiny_llama_config(tokenizer: PreTrainedTokenizerBase, **sizes) -> LlamaConfig:
+    """A Llama config with `tokenizer`'s vocabulary and special tokens, sized `TINY_TEXT_CONFIG` unless `sizes` say
+    otherwise (the benchmarks' and the GPU check's larger shapes)."""
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **TINY_TEXT_CONFIG,
+        **{**TINY_TEXT_CONFIG, **sizes},
     )
+
+
+def tiny_llamo_config(tokenizer: PreTrainedTokenizerBase, **overrides) -> LlamoConfig:
+    """Tiny LlamoConfig matching `tokenizer`; keyword arguments override graph / projector fields."""
+    text_config = tiny_llama_config(tokenizer)
     fields = {**TINY_GRAPH_CONFIG, **overrides}
     return LlamoConfig(text_config=text_config, graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"), **fields)
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from transformers import LlamaConfig
-
 from configuration_llamo import LlamoConfig
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 
-from ..tiny import TINY_GRAPH_CONFIG, TINY_TEXT_CONFIG, load_tiny_tokenizer
+from ..tiny import TINY_GRAPH_CONFIG, load_tiny_tokenizer, tiny_llama_config
 
 
 # vLLM's CPU attention supports head sizes 32, 64, 80, 96, ... : 2 heads of 32 at the tiny width of 64.
@@ -20,13 +18,7 @@ def build_servable_tiny_llamo(seed: int = 0, **overrides) -> tuple[LlamoForCondi
     import torch
 
     tokenizer = load_tiny_tokenizer()
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **{**TINY_TEXT_CONFIG, **SERVABLE_TEXT_OVERRIDES},
-    )
+    text_config = tiny_llama_config(tokenizer, **SERVABLE_TEXT_OVERRIDES)
     config = LlamoConfig(
         text_config=text_config, graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"), **{**TINY_GRAPH_CONFIG, **overrides}
     )
