@@ -15,6 +15,7 @@ from trl import SFTConfig, SFTTrainer
 
 from featurization_llamo import parse_smiles, prompt_smiles
 from llamo.data import DataSource, load_mixture, split_by_molecule
+from llamo.saving import make_inference_ready
 from llamo.tiny import load_tiny_tokenizer, tiny_llama_config
 from processing_llamo import DEFAULT_CHAT_TEMPLATE
 
@@ -33,7 +34,8 @@ def conversation_as_text(row: dict) -> dict:
 
 
 def pretrain_base_llm(output_dir: pathlib.Path, sources: list[str], steps: int, seed: int, held_out: float = HELD_OUT) -> None:
-    """Stage 0: a tiny Llama learns the conversations as text (the molecule as its SMILES), with TRL's SFTTrainer."""
+    """Stage 0: a tiny Llama learns the conversations as text (the molecule as its SMILES), with TRL's SFTTrainer;
+    saved ready for inference (KV cache on, `llamo.saving.make_inference_ready`)."""
     conversations, _ = load_mixture([DataSource.parse(spec) for spec in sources], seed=seed)
     train, _ = split_by_molecule(conversations, held_out)
     text = Dataset.from_list([conversation_as_text(row) for row in train.select(range(min(len(train), steps * 16)))])
@@ -48,6 +50,8 @@ def pretrain_base_llm(output_dir: pathlib.Path, sources: list[str], steps: int, 
     )  # fmt: skip
     trainer = SFTTrainer(model=LlamaForCausalLM(config), args=args, train_dataset=text, processing_class=tokenizer)
     trainer.train()
+    # Saved for inference: the trainer turned the KV cache off, and LLaMo built on this LLM would inherit that.
+    make_inference_ready(trainer.model.eval())
     trainer.save_model(str(output_dir))
 
 

@@ -24,6 +24,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging
 
 from configuration_llamo import LlamoConfig
+from llamo.saving import make_inference_ready
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import DEFAULT_CHAT_TEMPLATE, LlamoProcessor
 
@@ -117,6 +118,7 @@ def build_llamo(
     model.config.text_config.vocab_size = model.get_input_embeddings().weight.shape[0]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
+    make_inference_ready(model)  # an LLM saved after training says `use_cache: false`; generation needs the cache
     if check_fidelity and not partitioned:
         check_text_logits(model, causal_lm, original_vocab, llm)
     del causal_lm
@@ -145,6 +147,7 @@ def build_llamo_from_config(
     model = LlamoForConditionalGeneration._from_config(config)
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
+    make_inference_ready(model)
     template, _ = choose_chat_template(tokenizer, chat_template)
     processor = LlamoProcessor(tokenizer=tokenizer, chat_template=template, num_graph_tokens=config.num_graph_tokens)
     return model, processor

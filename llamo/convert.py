@@ -41,6 +41,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from configuration_llamo import LlamoConfig
+from llamo.saving import make_inference_ready
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 
@@ -741,6 +742,7 @@ def convert_llamo_checkpoint(
         suppress_tokens=[config.graph_token_id],
         **ORIGINAL_GENERATION,
     )
+    make_inference_ready(model)  # a base LLM saved after training may say `use_cache: false`
 
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
