@@ -12,6 +12,7 @@ through a state dict: every key must land, and only the graph encoder and projec
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from typing import Literal
 
@@ -287,6 +288,9 @@ def choose_chat_template(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
                 f"TRL has no training version of it ({error}); add the marks to the tokenizer's template, or use "
                 "--chat_template llamo"
             ) from error
+        chatml = chatml_training_template(tokenizer, own)
+        if chatml is not None:
+            return chatml, "the LLM's own (ChatML), LLaMo's training version with {% generation %} marks"
         logger.warning(
             "The LLM's chat template cannot be marked for assistant-only loss (TRL knows no training version of it, "
             "e.g. Llama-2's [INST] template): using LLaMo's Llama-2 layout. Pass --chat_template llamo to silence this."
@@ -295,6 +299,69 @@ def choose_chat_template(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
     if training is None:
         return own, "the LLM's own (already marks assistant turns)"
     return training, "the LLM's own, TRL's training version with {% generation %} marks"
+
+
+# ChatML (SmolLM2, Qwen2 / Qwen2.5 without tools, and many fine-tunes) with `{% generation %}` around each assistant
+# answer and its end marker; `DEFAULT_SYSTEM` is replaced by the block the LLM's own template writes when no system message is
+# given (SmolLM2: "You are a helpful AI assistant named SmolLM, ..."), or nothing.
+CHATML_TRAINING_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}{{ DEFAULT_SYSTEM }}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+# Conversations on which a training version must render exactly what the LLM's own template renders.
+TEMPLATE_PROBES = (
+    [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}],
+    [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2 <graph>"},
+        {"role": "assistant", "content": "A2"},
+    ],
+    [{"role": "user", "content": "Q1"}],
+)
+
+
+def chatml_training_template(tokenizer: PreTrainedTokenizerBase, own: str) -> str | None:
+    """LLaMo's training version of `own` when `own` is a plain ChatML template, else None.
+
+    The LLM's default system block is read off its own rendering, and the marked version is accepted only if it renders
+    every probe conversation (with and without a system message, multi-turn, with and without the generation prompt)
+    exactly as `own` does, so the LLM sees the prompt format it was tuned on."""
+
+    def render(template: str, messages: list[dict], generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    probe = TEMPLATE_PROBES[0]
+    turns = "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+    try:
+        rendered = render(own, probe, False)
+    except Exception:  # noqa: BLE001 (any template error means: not a template this function knows)
+        return None
+    if not rendered.endswith(turns):
+        return None
+    default_system = rendered[: -len(turns)]
+    if default_system and not (default_system.startswith("<|im_start|>system\n") and default_system.endswith("<|im_end|>\n")):
+        return None
+    candidate = CHATML_TRAINING_TEMPLATE.replace("DEFAULT_SYSTEM", json.dumps(default_system))
+    try:
+        same = all(
+            render(candidate, messages, prompt) == render(own, messages, prompt)
+            for messages in TEMPLATE_PROBES
+            for prompt in (False, True)
+        )
+    except Exception:  # noqa: BLE001
+        return None
+    return candidate if same else None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ A process killed while `Trainer` saves a checkpoint (or a full disk) leaves a `c
 SafetensorError or JSONDecodeError. `Trainer` writes `trainer_state.json` last, so a checkpoint is complete when
 that file parses and every weight / optimizer file in the folder opens; the check reads headers only (safetensors
 header, zip central directory of `torch.save` files), not the tensors.
+
+Stage-1 checkpoints hold only what trains (`trainable_state_dict`): with a real LLM frozen, a whole-model save would
+write the LLM again every `--save_steps` (514 MB for SmolLM2-135M, 13 GB for a 7B model) for nothing. A marker file
+names the saved keys; resuming loads exactly those (`load_trainable_state`) and refuses a checkpoint whose keys are not
+what the model trains.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import re
 import warnings
 import zipfile
 
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
 
 
+TRAINABLE_MARKER = "llamo_trainable_only.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_NAMES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
 SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -116,3 +125,55 @@ def resolve_resume(resume: str | bool | None, output_dir: str | pathlib.Path) ->
     if resume is True or resume in ("last", "True", "true"):
         return last_complete_checkpoint(output_dir)
     return resume
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints of the trained part only
+
+
+def trainable_only_checkpoints(model: nn.Module) -> bool:
+    """Whether checkpoints of `model` should hold its trained part only: a model whose parameters are whole on this
+    process (one process, DDP; not ZeRO-3 / FSDP shards), not a PEFT model (whose checkpoints already are adapters),
+    with some frozen parameters."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return False
+    parameters = list(model.parameters())
+    if any(hasattr(p, "ds_id") or type(p).__name__ in ("DTensor", "FlatParameter") for p in parameters):
+        return False
+    return any(p.requires_grad for p in parameters) and not all(p.requires_grad for p in parameters)
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, and the buffers of the modules that hold them (the GIN's BatchNorm statistics)."""
+    trained_modules = {
+        name for name, module in model.named_modules() if any(p.requires_grad for p in module.parameters(recurse=False))
+    }
+    names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    names |= {name for name, _ in model.named_buffers() if name.rpartition(".")[0] in trained_modules}
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items() if name in names}
+
+
+def write_trainable_marker(folder: pathlib.Path, state: dict[str, torch.Tensor]) -> None:
+    (folder / TRAINABLE_MARKER).write_text(json.dumps({"keys": sorted(state)}, indent=1))
+
+
+def is_trainable_only(folder: str | pathlib.Path) -> bool:
+    return (pathlib.Path(folder) / TRAINABLE_MARKER).is_file()
+
+
+def load_trainable_state(model: nn.Module, folder: str | pathlib.Path) -> None:
+    """Load a trainable-only checkpoint into `model`; its keys must be exactly what `model` trains."""
+    folder = pathlib.Path(folder)
+    state = load_file(str(folder / "model.safetensors"))
+    expected = set(trainable_state_dict(model))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(
+            f"{folder} does not hold what this model trains: missing {missing[:5]} ({len(missing)}), "
+            f"not trained here {extra[:5]} ({len(extra)}); resume with the same stage and options"
+        )
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{folder}: keys not in the model: {result.unexpected_keys[:5]}")
