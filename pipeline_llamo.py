@@ -95,6 +95,24 @@ class LlamoPipeline(Pipeline):
         return results
 
 
-PIPELINE_REGISTRY.register_pipeline(PIPELINE_TASK, pipeline_class=LlamoPipeline, pt_model=AutoModelForCausalLM, type="multimodal")
+def register_pipeline() -> None:
+    """Register the task once per process. Every LLaMo folder loaded with `trust_remote_code=True` imports its own
+    copy of this module (and the repository's copy may be imported too); registering each would replace the task
+    with a warning every time. The first LLaMo registration stays: `pipeline(task, model=folder)` takes the class
+    named in the folder's own config (`custom_pipelines`) either way. A task of the same name registered by anything
+    other than a LlamoPipeline is replaced, with transformers' warning."""
+    try:
+        _, registered, _ = PIPELINE_REGISTRY.check_task(PIPELINE_TASK)
+    except KeyError:
+        registered = None
+    if registered is None or getattr(registered["impl"], "__name__", None) != LlamoPipeline.__name__:
+        PIPELINE_REGISTRY.register_pipeline(
+            PIPELINE_TASK, pipeline_class=LlamoPipeline, pt_model=AutoModelForCausalLM, type="multimodal"
+        )
+    else:  # what `Pipeline.save_pretrained` reads to write `custom_pipelines`, for this copy of the class
+        LlamoPipeline._registered_impl = {PIPELINE_TASK: {**registered, "impl": LlamoPipeline}}
+
+
+register_pipeline()
 
 __all__ = ["LlamoPipeline", "PIPELINE_TASK"]

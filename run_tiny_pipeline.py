@@ -34,6 +34,7 @@ from llamo.baselines import MorganRetrieval, TrainMean
 from llamo.data import DataSource, is_held_out, load_source, split_by_molecule
 from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
 from llamo.instructions import generate_examples, read_smiles_column
+from llamo.quiet import quiet_progress_bars
 from llamo.tiny import TINY_GRAPH_CONFIG
 
 
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval_only", action="store_true", help="only step 6, on the data and models already in --output_dir")
     args = parser.parse_args()
+    quiet_progress_bars()  # datasets' bars, in a log file (each training step prints its own example counts)
     out, started, timings = args.output_dir, time.time(), {}
     if not args.eval_only:
         train_all(out, args.molecules, args.steps, args.seed, timings)

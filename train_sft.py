@@ -32,6 +32,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+# First: importing `llamo` installs its filters for third-party messages that never apply to a LLaMo run (llamo.quiet);
+# one of them is printed when PEFT imports bitsandbytes, which the transformers / TRL imports below do.
+from llamo.quiet import quiet_progress_bars
+
+
+# isort: split
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -237,9 +243,11 @@ def load_model(
             attn_implementation=model_args.attn_implementation,
             quantization_config=quantization_config(model_args),
         )
-        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed)
+        # the local class, not code shipped in that folder (no trust_remote_code: nothing there is executed); the
+        # model's config goes to AutoTokenizer, which would otherwise read config.json as a plain config (it cannot
+        # load a `llamo` one without remote code) and warn that the model types differ
         return model, LlamoProcessor.from_pretrained(
-            model_args.init_from, revision=model_args.model_revision, trust_remote_code=False
+            model_args.init_from, revision=model_args.model_revision, trust_remote_code=False, config=model.config
         )
     quantization_config(model_args)  # refuses 4/8-bit here: QLoRA goes over a stage-1 folder
     overrides = parse_config_overrides(model_args.config_overrides)
@@ -458,6 +466,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     """Run one stage from command-line arguments; `callbacks` go to the trainer. Returns the run's summary."""
     model_args, data_args, training_args = make_parser().parse_args_and_config(argv)
     check_arguments(model_args, data_args, training_args)
+    quiet_progress_bars()  # datasets' bars, in a log file (the summary counts the examples)
     started = time.time()
 
     model, processor, peft_config = build_model(model_args, training_args)

@@ -18,4 +18,13 @@ per module (see docs/architecture.md):
 | `llamo.base_llm` | stage 0 of the tiny pipelines: a tiny Llama learns the conversations as text |
 | `llamo.convert` | converter from the original checkpoint (`llamo-convert`) |
 | `llamo.demo` | the Gradio demo (`llamo-demo`, or `python app.py`) |
+| `llamo.quiet` | quiet by default: filters for third-party messages that never apply to a LLaMo run, progress bars |
+
+Importing the package installs `llamo.quiet`'s filters (three exact third-party messages; see there), before the
+libraries that print them are imported by the tools.
 """
+
+from llamo.quiet import install_filters
+
+
+install_filters()
