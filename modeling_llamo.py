@@ -186,6 +186,8 @@ class LlamoGraphEncoder(nn.Module):
 
     # fp32 island (see `keep_fp32_islands`): BatchNorm statistics and sums over atoms lose too much in bf16.
     _keep_in_fp32 = ("",)
+    # Kept out of quantization (see `unquantized_names`): its linear layers, in the GIN layers' MLPs.
+    _keep_unquantized = ("layers",)
 
     def __init__(self, config: LlamoConfig):
         super().__init__()
@@ -214,14 +216,32 @@ class LlamoGraphEncoder(nn.Module):
                 buffer.data = buffer.data.to(dtype)
 
 
-def fp32_island_names(model: nn.Module) -> list[str]:
-    """Qualified names of the submodules whose classes declare them fp32 (`_keep_in_fp32`: names relative to the
-    declaring module, "" for the module itself)."""
+def declared_names(model: nn.Module, declaration: str) -> list[str]:
+    """Qualified names in `model` of the submodules that module classes declare in their `declaration` attribute
+    (names relative to the declaring module, "" for the module itself)."""
     names = []
     for prefix, module in model.named_modules():
-        for name in getattr(type(module), "_keep_in_fp32", ()):
+        for name in getattr(type(module), declaration, ()):
             names.append(".".join(part for part in (prefix, name) if part))
     return names
+
+
+def fp32_island_names(model: nn.Module) -> list[str]:
+    """Qualified names of the submodules whose classes declare them fp32 (`_keep_in_fp32`): the model's
+    `_keep_in_fp32_modules_strict`, fp32 whether loaded in bf16 or fp16."""
+    return declared_names(model, "_keep_in_fp32")
+
+
+def unquantized_names(model: nn.Module) -> list[str]:
+    """Qualified names of the submodules that quantized loading leaves alone (`_keep_unquantized`): the model's
+    `_keep_in_fp32_modules`, which transformers' quantizers skip (bitsandbytes 4/8-bit, QLoRA) and an fp16 load
+    keeps in fp32. The GIN's embeddings and BatchNorm and the small projector (trained in both stages) would lose
+    too much, and their inputs are no int8/4-bit activations.
+
+    The GIN is already in the strict list whole, and transformers wants no module in both lists (its common test
+    fails on one); but its quantizers skip only this list, so the GIN declares the part of it they would convert:
+    its layers, which hold all its linear layers."""
+    return declared_names(model, "_keep_unquantized")
 
 
 def keep_fp32_islands(model: nn.Module) -> None:
@@ -413,14 +433,12 @@ class LlamoPreTrainedModel(PreTrainedModel):
     # Decoding steps (text tokens only, graph inputs already consumed at prefill) trace without graph breaks, so
     # static cache + `torch.compile(fullgraph=True)` works; the prefill with graph inputs runs eagerly in `generate`.
     _can_compile_fullgraph = True
-    # The GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when loading in bf16 / fp16; the
-    # modules declare it themselves (`_keep_in_fp32`) and `LlamoModel` collects the names.
-    _keep_in_fp32_modules_strict = ["graph_encoder", "head.layer_norm"]
-    # Quantized loading (bitsandbytes 4/8-bit, QLoRA) converts only the language model: transformers' quantizers
-    # skip these modules, and an fp16 load keeps them in fp32. The GIN's embeddings and BatchNorm and the small
-    # projector (trained in both stages) would lose too much, and their inputs are no int8/4-bit activations.
-    # (Patterns: quantizers match a name from its start, the fp16 dtype plan anywhere; the first two for LlamoModel.)
-    _keep_in_fp32_modules = ["graph_encoder", "projector", "model.graph_encoder", "model.projector"]
+    # `_keep_in_fp32_modules_strict`: the GIN (BatchNorm statistics) and the projector's LayerNorm stay in fp32 when
+    # loading in bf16 / fp16. `_keep_in_fp32_modules`: quantized loading converts only the language model. The
+    # modules declare both themselves (`_keep_in_fp32`, `_keep_unquantized`) and each model names them as it holds
+    # them, in `__init__` (`fp32_island_names`, `unquantized_names`): `graph_encoder` in LlamoModel, `model.graph_encoder`
+    # in LlamoForConditionalGeneration, whose `post_init` adds LlamoModel's names too (as transformers collects a
+    # child's lists; quantizers match a name from its start or as a suffix, the loading dtype plan anywhere).
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)  # Linear, Embedding, MultiheadAttention, BatchNorm, LayerNorm
@@ -442,6 +460,7 @@ class LlamoModel(LlamoPreTrainedModel):
         self.projector = build_projector(config)
         # Loading keeps checkpoint weights of the fp32 islands in fp32 (dtype plan); new ones are cast here.
         self._keep_in_fp32_modules_strict = fp32_island_names(self)
+        self._keep_in_fp32_modules = unquantized_names(self)
         keep_fp32_islands(self)
         self.post_init()
 
@@ -585,6 +604,8 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
         embeddings = self.model.get_input_embeddings()
         path = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{path}.weight"}
+        self._keep_in_fp32_modules_strict = fp32_island_names(self)
+        self._keep_in_fp32_modules = unquantized_names(self)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:

@@ -127,7 +127,23 @@ class LlamoProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return list(self.tokenizer.model_input_names) + list(GRAPH_INPUT_NAMES)
+        """The inputs this processor returns, as Qwen2-VL's processor lists its extra ones: the tokenizer's (the
+        base class's list), then the graph inputs, which a text-only processor (`num_graph_tokens=0`) never
+        returns."""
+        graph_inputs = list(GRAPH_INPUT_NAMES) if self.num_graph_tokens != 0 else []
+        return list(super().model_input_names) + graph_inputs
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, leaving the processor as it was. Saving a processor registered for an
+        auto class writes `auto_map` to processor_config.json (AutoProcessor reads it) by setting it on the processor
+        itself, so `to_dict()` gained `auto_map` after saving and no longer equalled the dict of the processor loaded
+        back (loading drops it). transformers removes what it sets on the tokenizer the same way."""
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
 
     def featurize(self, smiles: str) -> tuple[MoleculeGraph | None, str]:
         """Parse one SMILES: its graph (None for a text-only model) and the SMILES text shown in the prompt.

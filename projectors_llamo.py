@@ -115,6 +115,9 @@ class LlamoProjector(nn.Module):
     `config.num_graph_tokens` rows per molecule (one per atom when that is `None`), molecule by molecule.
     """
 
+    # Kept out of quantization, whole (see `modeling_llamo.unquantized_names`): small, trained in both stages.
+    _keep_unquantized = ("",)
+
     def __init__(self, config: PreTrainedConfig):
         super().__init__()
         self.use_motifs = config.uses_motifs
