@@ -19,8 +19,10 @@ caption task is left out with a message.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import pathlib
 import random
 from collections.abc import Sequence
@@ -50,12 +52,22 @@ def read_tsv(path: pathlib.Path) -> list[dict]:
 
 
 def write_tsv(path: pathlib.Path, columns: list[str], rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with replaced_atomically(path) as handle:
         writer = csv.DictWriter(
             handle, fieldnames=columns, delimiter="\t", quoting=csv.QUOTE_NONE, quotechar=None, extrasaction="ignore"
         )
         writer.writeheader()
         writer.writerows(rows)
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: pathlib.Path):
+    """A text handle whose content replaces `path` in one step when it closes: a training run reading the table while
+    another prepares it again sees the old file or the new one, never half of it."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", encoding="utf-8", newline="") as handle:
+        yield handle
+    os.replace(partial, path)
 
 
 def prepare_data(data_dir: pathlib.Path, out: pathlib.Path, seed: int = 0) -> dict[str, pathlib.Path]:
@@ -84,7 +96,7 @@ def prepare_data(data_dir: pathlib.Path, out: pathlib.Path, seed: int = 0) -> di
         [{"smiles": r["SMILES"], "homo": r["HOMO_au"], "lumo": r["LUMO_au"], "gap": r["HOMO_LUMO_gap_au"]} for r in qm9],
     )
     molecules = random.Random(seed).sample(sorted({r["SMILES"] for r in captions} | {r["SMILES"] for r in names}), FACT_MOLECULES)
-    with files["facts"].open("w", encoding="utf-8") as handle:
+    with replaced_atomically(files["facts"]) as handle:
         for row in generate_examples(molecules, 2, multi_turn_fraction=0.1, descriptions=False, seed=seed):
             handle.write(json.dumps(row) + "\n")
     print(
