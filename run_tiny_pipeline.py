@@ -134,7 +134,7 @@ def qm9_split(gap_file: pathlib.Path, seed: int):
 def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings: dict) -> None:
     """Steps 1-5: data, stage 0, stage 1, stage 2, and the no-graph baseline (seconds per step into `timings`).
     Stage 2 and the baseline take `steps`, stage 0 half as many, stage 1 a quarter: with the SMILES in every prompt,
-    aligning the graph on descriptions sends the graph side little signal (README), so its time goes to stage 2."""
+    aligning the graph on descriptions sends the graph side little signal (docs/results.md), so its time goes to stage 2."""
     log("1/6 data: generating instruction data from the shipped molecules")
     files = make_data(out / "data", molecules, seed)
     sources = stage2_sources(files)
@@ -160,7 +160,7 @@ def train_all(out: pathlib.Path, molecules: int, steps: int, seed: int, timings:
 
     lora = ["--lora_target_modules", "all-linear", "--lora_r", "16", "--lora_alpha", "32", "--learning_rate", "2e-3"]
     # The GIN is trained in stage 2 as well: aligned on descriptions that also show the SMILES, a frozen GIN gives
-    # the language model little that the text does not (graph benchmark in the README).
+    # the language model little that the text does not (graph benchmark in docs/results.md).
     log("4/6 stage 2: instruction tuning (projector + LoRA + GIN)")
     tick = time.time()
     train(["--stage", "2", "--init_from", str(out / "llamo-tiny-stage1"), "--datasets", *sources, "--train_graph_encoder",

@@ -47,7 +47,14 @@ from transformers.pytorch_utils import Conv1D
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config, get_quantization_config
 
 from llamo.builder import build_llamo, lora_target_regex
-from llamo.checkpoints import resolve_resume
+from llamo.checkpoints import (
+    is_trainable_only,
+    load_trainable_state,
+    resolve_resume,
+    trainable_only_checkpoints,
+    trainable_state_dict,
+    write_trainable_marker,
+)
 from llamo.cli import check_model_path
 from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from llamo.model_card import card_info, write_model_card
@@ -374,13 +381,40 @@ def load_datasets(data_args: LlamoDataArguments, training_args: SFTConfig, proce
 
 
 class LlamoSFTTrainer(SFTTrainer):
-    """SFTTrainer whose Hub model card is LLaMo's (written from the run) instead of TRL's generic one."""
+    """SFTTrainer whose Hub model card is LLaMo's (written from the run) instead of TRL's generic one, and whose
+    stage-1 checkpoints hold only what trains (`llamo.checkpoints.trainable_state_dict`: the graph side, not the
+    frozen LLM; stage 2's PEFT checkpoints already hold only the adapter and the modules it saves)."""
 
     card_info: dict | None = None
+    _saving_checkpoint = False
 
     def create_model_card(self, *args, **kwargs) -> None:
         if self.card_info is not None and self.is_world_process_zero():
             write_model_card(pathlib.Path(self.args.output_dir), **self.card_info)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if self._saving_checkpoint and state_dict is None and trainable_only_checkpoints(model):
+            state_dict = trainable_state_dict(model)
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                write_trainable_marker(pathlib.Path(output_dir or self.args.output_dir), state_dict)
+            return
+        super()._save(output_dir, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = model if model is not None else self.model
+        if is_trainable_only(resume_from_checkpoint):
+            load_trainable_state(self.accelerator.unwrap_model(target), resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 def make_trainer(

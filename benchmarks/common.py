@@ -123,7 +123,7 @@ class Target:
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table (readable in a terminal and pasteable into the README)."""
+    """A Markdown table (readable in a terminal and pasteable into the docs)."""
     cells = [[str(cell) for cell in header]] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in cells]

@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--quick] [--threads N]
 
 `--quick` shrinks every benchmark (a smoke run of a few minutes; its numbers are too noisy to report).
-Each benchmark prints its own table; see the README's "Performance" section for what they measure.
+Each benchmark prints its own table; see docs/performance.md for what they measure.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quality benchmark on real data: tiny LLaMo models trained on the CPU against retrieval and text-only baselines.
 
-    python benchmarks/run_benchmark.py --shared ../shared/data --output_dir outputs/benchmark [--readme README.md]
+    python benchmarks/run_benchmark.py --shared ../shared/data --output_dir outputs/benchmark [--readme docs/results.md]
 
 1. data      deterministic train / dev splits of ChEBI-20 captions, PubChem IUPAC names and QM9 HOMO/LUMO/gap
              (`benchmarks/quality/data.py`), written under `--output_dir` (captions never enter the repository).
@@ -11,7 +11,7 @@
              captions (graph projectors only) and multi-task stage 2 with `train_sft.py`, a fixed number of steps.
 5. eval      every model answers every dev set (greedy), scored by `llamo.evaluation`.
 6. report    `report/results.json`, `report/results.md`, `report/*.png` (`benchmarks/quality/report.py`), and with
-             `--readme` the README's generated block.
+             `--readme docs/results.md` the results page's generated block.
 
 Each training stage is printed as the `train_sft.py` command that repeats it. Without the shared data the script
 says so and exits with status 2.
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval_batch_size", type=int, default=32)
     parser.add_argument("--qm9_train_fraction", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
-    parser.add_argument("--readme", type=pathlib.Path, default=None, help="also replace the README's generated block")
+    parser.add_argument("--readme", type=pathlib.Path, default=None, help="also fill this results page (docs/results.md)")
     args = parser.parse_args(argv)
 
     missing = missing_sources(args.shared)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + markdown)
     if args.readme is not None:
         update_readme(args.readme, markdown, out / "report")
-        print(f"\nREADME block updated: {args.readme}")
+        print(f"\nResults block updated: {args.readme}")
     return 0
 
 

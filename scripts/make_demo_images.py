@@ -1,4 +1,4 @@
-"""Make the README's demo pictures with the project's own code: the attention picture of a molecule
+"""Make the demo pictures of docs/demo.md with the project's own code: the attention picture of a molecule
 (llamo/attention.py) and a screenshot of the demo app (app.py, driven in headless Chromium).
 
     python scripts/make_demo_images.py --model outputs/llamo-tiny [--output_dir docs/images]
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.model == parser.get_default("model") and not pathlib.Path(args.model).is_dir():
         sys.exit(
-            f"No model at {args.model}: train it with the README's main job, or pass --model PATH_OR_HUB_ID "
+            f"No model at {args.model}: train it with run_tiny_pipeline.py (docs/tiny-pipeline.md), or pass --model PATH_OR_HUB_ID "
             "(random weights: llamo-tiny --output_dir tiny-llamo, then --model tiny-llamo)."
         )
 

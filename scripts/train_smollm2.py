@@ -63,7 +63,8 @@ def run_stage(arguments: list[str], output_dir: pathlib.Path) -> None:
 
 def common_arguments(args: argparse.Namespace, steps: int, learning_rate: float) -> list[str]:
     return [
-        "--bf16", "true", "--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size),
+        "--bf16", "true", "--max_length", str(args.max_length), "--per_device_train_batch_size", str(args.batch_size // args.accumulation),
+        "--gradient_accumulation_steps", str(args.accumulation),
         "--max_steps", str(steps), "--max_train_samples", str(steps * args.batch_size), "--learning_rate", str(learning_rate),
         "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(steps // 20, 5)), "--logging_steps", "10",
         "--save_steps", str(args.save_steps), "--save_total_limit", "1", "--seed", str(args.seed),
@@ -94,7 +95,7 @@ def pack(out: pathlib.Path, args: argparse.Namespace, llm: str) -> None:
     base = {"name": f"SmolLM2-135M-Instruct ({PACKAGE}=={PACKAGE_VERSION}, Q4_1 GGUF)", "gguf_sha256": GGUF_SHA256,
             "vocab_size": 49152, "license": "apache-2.0"}  # fmt: skip
     recipe = {"command": "python scripts/train_smollm2.py " + " ".join(args.argv), "seed": args.seed,
-              "batch_size": args.batch_size, "max_length": args.max_length, "held_out_fraction": HELD_OUT}  # fmt: skip
+              "batch_size": args.batch_size, "accumulation": args.accumulation, "max_length": args.max_length, "held_out_fraction": HELD_OUT}  # fmt: skip
     graph, nograph = out / "llamo-smollm2", out / "nograph"
     pack_release(
         graph, out / "stage1", ROOT / "weights" / "llamo-smollm2",
@@ -117,7 +118,13 @@ def main() -> None:
     parser.add_argument("--llm", default=None, help="the base LLM folder (default: llamo.smollm2's converted folder)")
     parser.add_argument("--stage1_steps", type=int, default=200)
     parser.add_argument("--stage2_steps", type=int, default=600)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8, help="examples per optimizer step")
+    parser.add_argument(
+        "--accumulation",
+        type=int,
+        default=2,
+        help="gradient accumulation: batch_size / accumulation examples per forward (memory)",
+    )
     parser.add_argument("--max_length", type=int, default=320)
     parser.add_argument("--save_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)

@@ -40,7 +40,7 @@ class Family:
     extra_tokens: list[str] = field(default_factory=list)
     vocab_padding: int = 0  # unused embedding rows, as Qwen / Phi-3 pad their vocabularies
     save_base_model: bool = False  # a base-model checkpoint (keys without the causal-LM prefix)
-    needed: str = ""  # what this family needed from LLaMo (the README table)
+    needed: str = ""  # what this family needed from LLaMo (the table of docs/training.md)
     expected_template: str = "llamo"  # "llamo" or "llm": which template `chat_template="auto"` picks
 
 

@@ -1,4 +1,5 @@
-"""The real-data benchmark's pieces on small stand-ins: splits, the missing-data exit, the report and README block.
+"""The real-data benchmark's pieces on small stand-ins: splits, the missing-data exit, the report and its block in the
+results page (docs/results.md).
 
 The benchmark itself (`benchmarks/run_benchmark.py`) trains for many minutes and is not run here."""
 
@@ -8,7 +9,7 @@ import json
 import pathlib
 
 import pytest
-from conftest import read_data_smiles
+from conftest import ROOT, read_data_smiles
 from run_benchmark import main as run_benchmark
 
 from llamo.data import DataSource, load_source
@@ -135,3 +136,24 @@ def test_readme_block_is_replaced_between_the_markers(benchmark_dir, tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="benchmark-results:start"):
         update_readme(readme, text, benchmark_dir / "report")
+
+
+def test_results_page_in_docs_gets_the_block_and_pictures_linked_from_docs(benchmark_dir, tmp_path):
+    """The block lives in docs/results.md: the pictures go to docs/images/ and are linked relative to the page."""
+    text = write_report(build_report(benchmark_dir), benchmark_dir / "report", benchmark_dir)
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text(f"# Results\n\n{MARKERS[0]}\nold numbers\n{MARKERS[1]}\n")
+    update_readme(page, text, benchmark_dir / "report")
+    content = page.read_text()
+    assert "old numbers" not in content and content.count(text) == 1
+    assert "](images/benchmark_metrics.png)" in content and "](images/benchmark_loss_curves.png)" in content
+    assert (tmp_path / "docs" / "images" / "benchmark_loss_curves.png").is_file()
+    assert not (tmp_path / "docs" / "docs").exists()
+
+
+def test_the_repository_results_page_holds_the_generated_block():
+    page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert page.count(MARKERS[0]) == 1 and page.count(MARKERS[1]) == 1 and page.index(MARKERS[0]) < page.index(MARKERS[1])
+    for name in ("benchmark_metrics.png", "benchmark_loss_curves.png"):
+        assert f"](images/{name})" in page and (ROOT / "docs" / "images" / name).is_file()

@@ -164,7 +164,7 @@ def test_prompt_lookup_decoding_equals_greedy(model_and_processor, chat):
 
 
 @pytest.mark.skipif(
-    CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (README)"
+    CACHE_ARGUMENT != "cache", reason="transformers < 5.24 marks no prefill chunk as the first: not caught (docs/usage.md)"
 )
 def test_chunked_prefill_that_splits_the_graph_slots_raises_a_clear_error(model_and_processor, chat):
     model, _ = model_and_processor

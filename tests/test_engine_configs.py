@@ -1,9 +1,10 @@
-"""What a user runs at scale, checked without a GPU: every training command in the README parses, the accelerate
+"""What a user runs at scale, checked without a GPU: every training command of the docs parses, the accelerate
 configs load, the FSDP wrap policy fits any backbone, FSDP1 is refused before any compute, and the final save is
 verified and atomic."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 import shlex
 
@@ -26,9 +27,13 @@ from train_sft import make_parser
 LAUNCHERS = ("python", "python3", "accelerate", "torchrun", "llamo-train")
 
 
-def readme_commands() -> list[list[str]]:
-    """Every shell command of the README's code blocks that runs train_sft.py / llamo-train (continuations joined)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+DOC_PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+
+
+def documented_commands(pages: tuple[pathlib.Path, ...] = DOC_PAGES) -> list[list[str]]:
+    """Every shell command of the README's and the docs pages' code blocks that runs train_sft.py / llamo-train
+    (continuations joined)."""
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
     commands = []
     for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -51,15 +56,16 @@ def parse_training_arguments(argv: list[str]):
     return make_parser().parse_args_and_config(argv)
 
 
-def test_the_readme_has_gpu_and_cpu_training_commands():
-    commands = [" ".join(command) for command in readme_commands()]
+def test_the_training_docs_have_gpu_and_cpu_training_commands():
+    commands = [" ".join(command) for command in documented_commands((ROOT / "docs" / "training.md",))]
     assert any("deepspeed_zero2.yaml" in command for command in commands)
+    assert any("cpu_2proc.yaml" in command for command in commands)
     assert any("--bf16 true" in command for command in commands)
     assert len(commands) >= 4
 
 
-@pytest.mark.parametrize("command", readme_commands(), ids=lambda command: " ".join(command)[:80])
-def test_every_readme_training_command_parses(command, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", documented_commands(), ids=lambda command: " ".join(command)[:80])
+def test_every_documented_training_command_parses(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # parsing makes the output folder's parent checks only; nothing is written to the repo
     script = next(i for i, word in enumerate(command) if word.endswith("train_sft.py") or word == "llamo-train")
     if "--config_file" in command[:script]:
@@ -72,7 +78,7 @@ def test_every_readme_training_command_parses(command, tmp_path, monkeypatch):
 
 
 def test_bf16_needs_a_value_on_the_command_line():
-    """SFTConfig's `bf16` is `bool | None`: a bare `--bf16` is an argparse error, which is why the README says `--bf16 true`."""
+    """SFTConfig's `bf16` is `bool | None`: a bare `--bf16` is an argparse error, which is why the docs say `--bf16 true`."""
     with pytest.raises(SystemExit):
         parse_training_arguments(["--datasets", "x.jsonl", "--output_dir", "out", "--bf16"])
 

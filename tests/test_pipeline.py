@@ -1,4 +1,5 @@
-"""The README's main job, at toy scale: every stage runs, the final folder passes the public contract."""
+"""The tiny pipeline (run_tiny_pipeline.py, docs/tiny-pipeline.md), at toy scale: every stage runs, the final folder
+passes the public contract."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The quality benchmark's report: per-model metrics aggregated over seeds, Markdown tables and PNG plots.
 
-    python benchmarks/quality/report.py --input outputs/benchmark [--readme README.md]
+    python benchmarks/quality/report.py --input outputs/benchmark [--readme docs/results.md]
 
 reads what `benchmarks/run_benchmark.py` wrote (`run.json`, `eval/<model>/<task>/results.json`, the models'
 `training_summary.json`) and writes `report/results.json`, `report/results.md`, `report/metrics.png` and
-`report/loss_curves.png`. With `--readme`, the block between the README's `benchmark-results` markers is replaced by
-the Markdown, and the plots are copied to `docs/images/`.
+`report/loss_curves.png`. With `--readme PAGE` (the results page, `docs/results.md`), the block between the page's
+`benchmark-results` markers is replaced by the Markdown, and the plots are copied to the repository's `docs/images/`.
 """
 
 from __future__ import annotations
@@ -283,18 +283,20 @@ def write_report(report: dict, folder: pathlib.Path, benchmark_dir: pathlib.Path
 
 
 def update_readme(readme: pathlib.Path, text: str, report_dir: pathlib.Path) -> None:
-    """Replace the block between the README's markers with `text` and the plots, copied to `docs/images/`."""
+    """Replace the block between the markers of `readme` (a Markdown page: `docs/results.md`, or a README at the
+    repository root) with `text` and the plots, copied to `docs/images/` and linked relative to the page."""
     content = readme.read_text()
     start, end = MARKERS
     if start not in content or end not in content:
         raise ValueError(f"{readme}: add the lines {start} and {end} where the generated results go")
-    images = readme.parent / "docs" / "images"
+    link = "images" if readme.parent.name == "docs" else "docs/images"  # a page in docs/ or at the root
+    images = readme.parent / link
     images.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.png", "loss_curves.png"):
         shutil.copyfile(report_dir / name, images / f"benchmark_{name}")
     pictures = (
-        "\n![Dev-set metrics per model, baselines in grey](docs/images/benchmark_metrics.png)\n"
-        "\n![Training loss of stages 1 and 2 per projector and seed](docs/images/benchmark_loss_curves.png)\n"
+        f"\n![Dev-set metrics per model, baselines in grey]({link}/benchmark_metrics.png)\n"
+        f"\n![Training loss of stages 1 and 2 per projector and seed]({link}/benchmark_loss_curves.png)\n"
     )
     before, rest = content.split(start, 1)
     _, after = rest.split(end, 1)
@@ -304,7 +306,7 @@ def update_readme(readme: pathlib.Path, text: str, report_dir: pathlib.Path) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=pathlib.Path, default=pathlib.Path("outputs/benchmark"))
-    parser.add_argument("--readme", type=pathlib.Path, default=None)
+    parser.add_argument("--readme", type=pathlib.Path, default=None, help="the page holding the block: docs/results.md")
     args = parser.parse_args(argv)
     text = write_report(build_report(args.input), args.input / "report", args.input)
     print(text)
