@@ -304,13 +304,25 @@ def choose_chat_template(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
 # ChatML (SmolLM2, Qwen2 / Qwen2.5 without tools, and many fine-tunes) with `{% generation %}` around each assistant
 # answer and its end marker; `DEFAULT_SYSTEM` is replaced by the block the LLM's own template writes when no system message is
 # given (SmolLM2: "You are a helpful AI assistant named SmolLM, ..."), or nothing.
+# Typed content (`[{"type": "text", ...}]`) is joined with spaces, as LLaMo's own layout does; molecule items are
+# refused with a message naming the pipeline that featurizes them (the tokenizer alone cannot).
 CHATML_TRAINING_TEMPLATE = (
+    "{%- macro content_text(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for item in content -%}{%- if not loop.first %} {% endif -%}{{ item['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
     "{%- for message in messages -%}"
+    "{%- if message['content'] is not string and message['content'] | selectattr('type', 'equalto', 'molecule') | list -%}"
+    "{{ raise_exception('LLaMo chat content must be text here: molecule items need LlamoProcessor.apply_chat_template, "
+    "or pipeline(\\'molecule-text-to-text\\', model=..., trust_remote_code=True) instead of text-generation') }}"
+    "{%- endif -%}"
     "{%- if loop.first and message['role'] != 'system' -%}{{ DEFAULT_SYSTEM }}{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ content_text(message['content']) + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
     "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + content_text(message['content']) + '<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
