@@ -232,6 +232,7 @@ class LlamoConfig(PreTrainedConfig):
 
     @property
     def uses_graph(self) -> bool:
+        """`False` for `projector_type="none"`, the text-only model (no graph encoder, no projector); the one test of it."""
         return self.projector_spec.uses_graph
 
     @property

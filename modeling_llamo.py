@@ -335,7 +335,7 @@ def check_graph_inputs(
     given = {name: value for name, value in graph_inputs.items() if value is not None}
     compiling = torch.compiler.is_compiling()
     if not given:
-        if prefill and not compiling and input_ids is not None and config.projector_type != "none":
+        if prefill and not compiling and input_ids is not None and config.uses_graph:
             num_slots = int((input_ids == config.graph_token_id).sum())
             if num_slots:
                 raise ValueError(
@@ -343,7 +343,7 @@ def check_graph_inputs(
                     f"given, so the slots would be read as plain tokens. {_BUILD_INPUTS_HINT}"
                 )
         return
-    if config.projector_type == "none":
+    if not config.uses_graph:
         return  # a text-only model ignores graph inputs
     required = ("graph_node_features", "graph_edge_index", "graph_edge_features", "graph_node_batch")
     missing = [name for name in required if name not in given]

@@ -330,7 +330,7 @@ def build_model(
     model, processor = load_model(model_args, trust_remote_code=training_args.trust_remote_code)
     set_trainable(model, model_args)
     if model_args.no_smiles_in_prompt:
-        if model.config.projector_type == "none":
+        if not model.config.uses_graph:
             raise ValueError("--no_smiles_in_prompt leaves a projector_type 'none' model nothing to read the molecule from")
         processor.smiles_in_prompt = False
     return model, processor, lora_config(model, model_args) if model_args.stage == 2 else None

@@ -36,6 +36,7 @@ import torch
 
 from llamo.base_llm import pretrain_base_llm
 from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
+from projectors_llamo import PROJECTOR_SPECS
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def train_arm(args, arm: str, seed: int, base_llm: pathlib.Path, train_spec: str
         "--lora_target_modules", "all-linear", "--lora_r", "16", "--lora_alpha", "32", "--max_length", "256",
         "--seed", str(seed),
     ]  # fmt: skip
-    if projector_type != "none":
+    if PROJECTOR_SPECS[projector_type].uses_graph:
         fields = {**TINY_GRAPH_CONFIG, **overrides}
         argv += ["--config_overrides", ",".join(f"{key}={json.dumps(value)}" for key, value in fields.items())]
         argv += ["--train_graph_encoder"]

@@ -129,6 +129,16 @@ def test_export_refuses_families_whose_embedding_or_logit_transform_vllm_would_n
         check_servable(config)
 
 
+def test_export_and_frontend_refuse_a_text_only_model_and_name_the_language_model_instead():
+    text_config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "vocab_size": 64}  # fmt: skip
+    config = LlamoConfig(text_config=text_config, projector_type="none", graph_token_id=1)
+    with pytest.raises(ValueError, match="serve its language model folder directly"):
+        check_servable(config)
+    with pytest.raises(ValueError, match="serve its language model directly"):
+        LlamoFrontEnd(config, processor=None, embed_tokens=None)
+
+
 def test_export_self_check_fails_when_the_exported_head_differs(served):
     model, processor, _ = served
     frontend = LlamoFrontEnd.from_llamo(model, processor)

@@ -101,7 +101,7 @@ def load_llamo(path: str | pathlib.Path) -> tuple[LlamoForConditionalGeneration,
 def check_servable(config: LlamoConfig) -> None:
     """Refuse language models whose prompt embeddings or logits vLLM would not reproduce (see module docstring)."""
     text_config = config.text_config
-    if config.projector_type == "none":
+    if not config.uses_graph:
         raise ValueError("projector_type='none' is a text-only model: serve its language model folder directly")
     if text_config.model_type in EMBEDDING_SCALING_FAMILIES:
         raise ValueError(

@@ -40,7 +40,7 @@ class LlamoFrontEnd(nn.Module):
 
     def __init__(self, config: LlamoConfig, processor: LlamoProcessor, embed_tokens: nn.Embedding):
         super().__init__()
-        if config.projector_type == "none":
+        if not config.uses_graph:
             raise ValueError("this LLaMo model has projector_type='none' (text only): serve its language model directly")
         self.config = config
         self.processor = processor
