@@ -12,6 +12,8 @@ import argparse
 import csv
 import pathlib
 
+from llamo.data import undouble_backslashes
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,8 +39,8 @@ def main() -> None:
     shared, out = args.shared, ROOT / "data"
     out.mkdir(exist_ok=True)
 
-    # ChEBI-20 validation: CID + SMILES of the first 2,000 rows (the source doubles backslashes).
-    chebi = [[cid, smiles.replace("\\\\", "\\")] for cid, smiles, _ in read_tsv(shared / "chebi20" / "validation.txt")[:2000]]
+    # ChEBI-20 validation: CID + SMILES of the first 2,000 rows.
+    chebi = [[cid, undouble_backslashes(smiles)] for cid, smiles, _ in read_tsv(shared / "chebi20" / "validation.txt")[:2000]]
     write_tsv(out / "chebi20_smiles.tsv", ["cid", "smiles"], chebi)
 
     # PubChem SMILES -> IUPAC name: the first 2,000 training rows, and the whole validation split.

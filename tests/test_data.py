@@ -20,6 +20,7 @@ from llamo.data import (
     load_mixture,
     load_source,
     split_by_molecule,
+    undouble_backslashes,
 )
 
 
@@ -68,6 +69,7 @@ def test_chebi20_captions_with_doubled_backslashes_and_quotes(tmp_path):
     assert dataset[0]["messages"][1]["content"] == 'The molecule is a "butene".'
     assert "Describe" in dataset[0]["messages"][0]["content"] or "molecule" in dataset[0]["messages"][0]["content"]
     assert skipped.counts == {"caption:validation.txt: empty answer": 1}
+    assert undouble_backslashes("C/C=C\\\\C") == "C/C=C\\C" and undouble_backslashes("C/C=C\\C") == "C/C=C\\C"
 
 
 def test_iupac_property_and_instruction_tables(tmp_path):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from rdkit import Chem
 
-from llamo.data import is_held_out
+from llamo.data import is_held_out, undouble_backslashes
 from llamo.metrics import parse_molecule
 
 
@@ -91,7 +91,7 @@ def split_captions(shared: pathlib.Path, out: pathlib.Path) -> TaskSplit:
     rows = read_rows(shared / SOURCES["caption"][0])
     train, dev, invalid = [], [], 0
     for row in rows:
-        smiles = row["SMILES"].replace("\\\\", "\\")  # ChEBI-20 doubles every backslash
+        smiles = undouble_backslashes(row["SMILES"])
         if canonical(smiles) is None:
             invalid += 1
             continue
