@@ -56,7 +56,8 @@ from llamo.checkpoints import (
     write_trainable_marker,
 )
 from llamo.cli import check_model_path
-from llamo.data import DataSource, LlamoDataCollator, SkipReport, encode_dataset, load_mixture, split_by_molecule
+from llamo.collator import LlamoDataCollator
+from llamo.data import DataSource, SkipReport, encode_dataset, load_mixture, split_by_molecule
 from llamo.model_card import card_info, write_model_card
 from llamo.saving import refuse_unsupported_engines, save_final_model
 from llamo.timing import StepTimer

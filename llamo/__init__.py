@@ -6,8 +6,8 @@ per module (see docs/architecture.md):
 
 | module | job |
 |---|---|
-| `llamo.data` | data formats (`FORMATS`) -> conversations, featurization + tokenization for training, collator, skip counts |
-| `llamo.collator` | `LlamoChatCollator`: stock TRL `SFTTrainer` on raw chat rows with molecules |
+| `llamo.data` | data formats (`FORMATS`) -> conversations, featurization + tokenization for training, skip counts |
+| `llamo.collator` | `LlamoDataCollator` (encoded rows -> padded batch with joined molecules); `LlamoChatCollator`: stock TRL `SFTTrainer` on raw chat rows with molecules |
 | `llamo.instructions` | RDKit-computed question/answer pairs about molecules |
 | `llamo.examples` | evaluation examples (`Example`, `question_kind`, loading), shared by evaluation and baselines |
 | `llamo.metrics` | metric families: text, names, numbers, molecules, exact match (`METRIC_FAMILIES`) |

@@ -5,7 +5,8 @@
    cannot be used are dropped *and counted with their reason* in a `SkipReport`.
 2. `encode_dataset` featurizes every molecule and tokenizes every conversation once (`datasets.map`), with labels on
    the assistant turns only; epochs reuse the result.
-3. `LlamoDataCollator` pads a batch (right padding) and concatenates its molecules into the model's flat graph inputs.
+3. `llamo.collator.LlamoDataCollator` pads a batch (right padding) and concatenates its molecules into the model's flat
+   graph inputs.
 
 Formats (`DataSource.format`; when omitted, the first entry of `FORMATS` whose columns the table has). Each is one
 function `(row, rng) -> conversations | Skip` registered in `FORMATS`:
@@ -34,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import datasets
-import torch
 from transformers.utils import logging
 
 from configuration_llamo import GRAPH_INPUTS, num_molecules
-from featurization_llamo import join_graph_inputs, parse_smiles, prompt_smiles
+from featurization_llamo import parse_smiles, prompt_smiles
 
 
 logger = logging.get_logger(__name__)
@@ -631,35 +631,3 @@ def encode_dataset(
                 report.note(note)
     kept = encoded.filter(lambda reason: not reason, input_columns="skip_reason")
     return kept.remove_columns(["skip_reason", "skip_detail"]), report
-
-
-@dataclass
-class LlamoDataCollator:
-    """Right-pads token ids (`pad_token_id`) and labels (-100), and joins the examples' molecules into one batch of
-    graph inputs, re-indexing nodes and molecules."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        length = max(len(example["input_ids"]) for example in examples)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(examples), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), length), -100, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-        for row, example in enumerate(examples):
-            size = len(example["input_ids"])
-            input_ids[row, :size] = torch.as_tensor(example["input_ids"])
-            labels[row, :size] = torch.as_tensor(example["labels"])
-            attention_mask[row, :size] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        with_molecules = [example for example in examples if example.get("num_molecules")]
-        if with_molecules:
-            batch.update(self._join_graphs(with_molecules))
-        return batch
-
-    @staticmethod
-    def _join_graphs(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """The examples' molecules as one batch of graph inputs (the processor's batching, `join_graph_inputs`)."""
-        return join_graph_inputs(examples)

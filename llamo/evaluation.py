@@ -130,7 +130,8 @@ def answer_nll(
 ) -> dict[str, list[float]]:
     """Teacher-forced negative log-likelihood of each reference answer (nats per answer token), once per graph
     condition (`replace_graph_tokens`). A model without a projector gets the `true` condition only."""
-    from llamo.data import LlamoDataCollator, encode_conversation  # the training encoding: same labels as training
+    from llamo.collator import LlamoDataCollator
+    from llamo.data import encode_conversation  # the training encoding: same labels as training
 
     projector = getattr(model.model, "projector", None)
     conditions = [c for c in conditions if c == "true" or projector is not None]

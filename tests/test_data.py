@@ -10,9 +10,9 @@ import torch
 from conftest import MOLECULES, user_turn
 from rdkit import Chem
 
+from llamo.collator import LlamoDataCollator
 from llamo.data import (
     DataSource,
-    LlamoDataCollator,
     conversation_with_molecules,
     encode_conversation,
     encode_dataset,

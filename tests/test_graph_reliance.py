@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from configuration_llamo import LlamoConfig
-from llamo.data import LlamoDataCollator, encode_conversation
+from llamo.collator import LlamoDataCollator
+from llamo.data import encode_conversation
 from llamo.evaluation import Example, donor_molecules, graph_reliance, replace_graph_tokens, score
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
