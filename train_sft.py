@@ -404,9 +404,10 @@ class LlamoSFTTrainer(SFTTrainer):
         model = self.accelerator.unwrap_model(self.model)
         if self._saving_checkpoint and state_dict is None and trainable_only_checkpoints(model):
             state_dict = trainable_state_dict(model)
+            keys = sorted(state_dict)  # save_pretrained empties the dict it is given while it writes
             super()._save(output_dir, state_dict)
             if self.args.should_save:
-                write_trainable_marker(pathlib.Path(output_dir or self.args.output_dir), state_dict)
+                write_trainable_marker(pathlib.Path(output_dir or self.args.output_dir), keys)
             return
         super()._save(output_dir, state_dict)
 

@@ -282,15 +282,15 @@ def choose_chat_template(tokenizer: PreTrainedTokenizerBase, choice: ChatTemplat
     try:
         training = get_training_chat_template(tokenizer)
     except ValueError as error:
+        chatml = chatml_training_template(tokenizer, own)
+        if chatml is not None:
+            return chatml, "the LLM's own (ChatML), LLaMo's training version with {% generation %} marks"
         if choice == "llm":
             raise ValueError(
                 "--chat_template llm: the LLM's chat template does not mark assistant turns with {% generation %} and "
                 f"TRL has no training version of it ({error}); add the marks to the tokenizer's template, or use "
                 "--chat_template llamo"
             ) from error
-        chatml = chatml_training_template(tokenizer, own)
-        if chatml is not None:
-            return chatml, "the LLM's own (ChatML), LLaMo's training version with {% generation %} marks"
         logger.warning(
             "The LLM's chat template cannot be marked for assistant-only loss (TRL knows no training version of it, "
             "e.g. Llama-2's [INST] template): using LLaMo's Llama-2 layout. Pass --chat_template llamo to silence this."

@@ -155,8 +155,9 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items() if name in names}
 
 
-def write_trainable_marker(folder: pathlib.Path, state: dict[str, torch.Tensor]) -> None:
-    (folder / TRAINABLE_MARKER).write_text(json.dumps({"keys": sorted(state)}, indent=1))
+def write_trainable_marker(folder: pathlib.Path, keys: list[str]) -> None:
+    """The marker of a trainable-only checkpoint, naming the keys it holds."""
+    (folder / TRAINABLE_MARKER).write_text(json.dumps({"keys": sorted(keys)}, indent=1))
 
 
 def is_trainable_only(folder: str | pathlib.Path) -> bool:

@@ -103,11 +103,6 @@ def test_a_chatml_llm_keeps_its_own_template_marked_for_training(name):
     assert "{% generation %}" in template and "{% endgeneration %}" in template
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="llamo/builder.py choose_chat_template: with choice 'llm' it raises when TRL has no training version, "
-    "before trying chatml_training_template, so `--chat_template llm` refuses the ChatML template 'auto' keeps",
-)
 def test_chat_template_llm_accepts_a_chatml_llms_own_template():
     tokenizer = chatml_tokenizer(SMOLLM2_TEMPLATE)
     assert choose_chat_template(tokenizer, "llm") == choose_chat_template(tokenizer, "auto")

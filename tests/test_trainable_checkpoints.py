@@ -96,11 +96,6 @@ def test_stage1_checkpoints_hold_the_graph_side_only(stage1_runs):
     assert any(not torch.equal(step2[key], whole[key]) for key in step2)  # step 2's weights, not the final ones
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train_sft.py LlamoSFTTrainer._save writes the marker from the state dict it passed to Trainer._save, which "
-    "transformers' save_pretrained empties while writing shards (state_dict.pop): the marker says {'keys': []}",
-)
 def test_the_trainable_only_marker_names_the_saved_keys(stage1_runs):
     straight, _ = stage1_runs
     checkpoint = straight / "checkpoint-2"
