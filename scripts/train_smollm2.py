@@ -116,8 +116,8 @@ def main() -> None:
     parser.add_argument("--output_dir", type=pathlib.Path, default=ROOT / "outputs" / "smollm2")
     parser.add_argument("--data_dir", type=pathlib.Path, default=DEFAULT_DATA, help="the recipe's data (llamo/recipe.py)")
     parser.add_argument("--llm", default=None, help="the base LLM folder (default: llamo.smollm2's converted folder)")
-    parser.add_argument("--stage1_steps", type=int, default=200)
-    parser.add_argument("--stage2_steps", type=int, default=600)
+    parser.add_argument("--stage1_steps", type=int, default=50)
+    parser.add_argument("--stage2_steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=8, help="examples per optimizer step")
     parser.add_argument(
         "--accumulation",
