@@ -249,10 +249,9 @@ def main() -> None:
     parser.add_argument("--panel", default=None, help="one panel, e.g. 'GNN layer 2' or 'motifs' (default: all)")
     args = parser.parse_args()
 
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from llamo.cli import load_model_and_processor
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    model, processor = load_model_and_processor(args.model, device="cpu")
     attention_png(args.smiles, model, processor, panel=args.panel, path=args.output)
     print(f"wrote {args.output}")
 

@@ -1,4 +1,5 @@
-"""Checks shared by LLaMo's command-line tools: clear errors before any Hub call or device work."""
+"""Shared by LLaMo's command-line tools: checks with clear errors before any Hub call or device work, and the one
+way they load a model and its processor (`load_model_and_processor`)."""
 
 from __future__ import annotations
 
@@ -47,4 +48,28 @@ def check_device(device: str | None) -> str:
     return device
 
 
-__all__ = ["check_device", "check_model_path", "looks_local"]
+def load_model_and_processor(name: str | os.PathLike, device: str | None = None, dtype: torch.dtype | None = None):
+    """A LLaMo model and its processor through the public contract (`trust_remote_code=True`), in eval mode on `device`
+    (`check_device`: by default cuda when there is one, else cpu).
+
+    `name` is a model folder or Hub id, or a PEFT adapter folder (`adapter_config.json`, as `train_sft.py
+    --keep_adapter` saves): its base model (`base_model_name_or_path`) is loaded, the adapter merged into it, and the
+    processor read from the adapter folder, so every tool gets the same plain model class. `dtype`: the weights' dtype
+    (default: transformers' own)."""
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    kwargs = {"trust_remote_code": True} if dtype is None else {"trust_remote_code": True, "dtype": dtype}
+    if (pathlib.Path(name) / "adapter_config.json").is_file():
+        from peft import PeftConfig, PeftModel
+
+        base_name = PeftConfig.from_pretrained(name).base_model_name_or_path
+        if base_name is None:
+            raise ValueError(f"the adapter in {name} does not name its base model (base_model_name_or_path)")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name, **kwargs), name).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
+    return model.to(check_device(device)).eval(), processor
+
+
+__all__ = ["check_device", "check_model_path", "load_model_and_processor", "looks_local"]

@@ -34,7 +34,7 @@ from functools import lru_cache  # noqa: E402
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoProcessor, TextIteratorStreamer  # noqa: E402
+from transformers import TextIteratorStreamer  # noqa: E402
 
 from llamo.attention import (  # noqa: E402
     AtomAttention,
@@ -42,7 +42,7 @@ from llamo.attention import (  # noqa: E402
     check_projector_has_attention,
     compute_atom_attention,
 )
-from llamo.cli import check_model_path  # noqa: E402
+from llamo.cli import check_model_path, load_model_and_processor  # noqa: E402
 
 
 DEFAULT_MODEL = pathlib.Path("outputs") / "llamo-smollm2"  # the main job's model, relative to where the demo starts
@@ -382,16 +382,6 @@ class LlamoDemo:
         return blocks
 
 
-def load_model(name: str):
-    """Model and processor through the public contract, on the GPU in bf16 when there is one."""
-    model = AutoModelForCausalLM.from_pretrained(
-        name, trust_remote_code=True, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    )
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    processor = AutoProcessor.from_pretrained(name, trust_remote_code=True)
-    return model, processor
-
-
 def assemble_default_model(path: pathlib.Path) -> bool:
     """Assemble the shipped LLaMo-SmolLM2 (`weights/llamo-smollm2` + the registry's SmolLM2, `llamo.release`) into
     `path` when it is missing; False when it cannot be (no shipped weights, or SmolLM2's package is not installed)."""
@@ -443,8 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:  # a mistyped local folder: said before any Hub call
         sys.exit(f"Could not load a LLaMo model from {name!r}: {error}")
     try:
-        model, processor = load_model(name)
-    except OSError as error:  # not a folder, and not a Hub id that can be reached
+        model, processor = load_model_and_processor(name, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    except (OSError, ValueError) as error:  # not a folder, not a Hub id that can be reached, an adapter without base
         sys.exit(f"Could not load a LLaMo model from {name!r}: {error}")
     demo = LlamoDemo(model, processor, model_name=name, max_new_tokens=args.max_new_tokens)
     demo.build().launch(server_name=args.host, server_port=args.port)

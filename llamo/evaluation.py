@@ -28,10 +28,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoProcessor
 
 from llamo.baselines import BASELINES
-from llamo.cli import check_device, check_model_path
+from llamo.cli import check_device, check_model_path, load_model_and_processor
 from llamo.data import conversation_with_molecules
 from llamo.examples import Example, examples_from_conversations, load_examples, question_kind  # noqa: F401  (re-exported)
 from llamo.metrics import METRIC_FAMILIES, SCORED_PER_QUESTION_KIND, exact_match, normalize, parse_number  # noqa: F401
@@ -331,9 +330,7 @@ def evaluate(
 ) -> dict:
     """Load through the public contract, generate, score, and write predictions + results when `output_dir` is set.
     With `reliance` each task also gets the teacher-forced answer NLL and the graph reliance (`graph_reliance`)."""
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
-    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, processor = load_model_and_processor(model_path, device)
     started = time.time()
     predictions = generate_answers(model, processor, examples, **generation)
     seconds = time.time() - started

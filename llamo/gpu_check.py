@@ -106,12 +106,10 @@ def run_zero2(args, stage1: pathlib.Path) -> dict:
 
 def generation_check(args, folder: pathlib.Path, batch_size: int = 8, new_tokens: int = 64) -> dict:
     """Batched greedy generation with the stage-2 model: tokens generated per second and peak memory."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from llamo.cli import load_model_and_processor
 
     device = "cpu" if args.cpu else "cuda"
-    dtype = torch.float32 if args.cpu else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=dtype).to(device).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model, processor = load_model_and_processor(folder, device, dtype=torch.float32 if args.cpu else torch.bfloat16)
     processor.tokenizer.padding_side = "left"
     smiles = ["CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "c1ccccc1", "CCO", "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
               "C1CCCCC1", "OC(=O)CC(O)(CC(=O)O)C(=O)O", "CC(=O)Nc1ccc(O)cc1"]  # fmt: skip

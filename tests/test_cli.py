@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from llamo.cli import check_device, check_model_path, looks_local
+from llamo.cli import check_device, check_model_path, load_model_and_processor, looks_local
 
 
 def test_a_mistyped_local_folder_is_reported_as_such(tmp_path, monkeypatch):
@@ -28,6 +28,28 @@ def test_cuda_without_cuda_is_refused_clearly():
     with pytest.raises(ValueError, match="CUDA is not available here"):
         check_device("cuda")
     assert check_device(None) == "cpu" and check_device("cpu") == "cpu"
+
+
+def test_the_tools_load_a_model_folder_and_an_adapter_folder_over_its_base(tiny_folder, tmp_path):
+    """`load_model_and_processor`, the one loader of demo, evaluation, attention, export and gpu_check: eval mode on
+    the device asked for; an adapter folder gives its base with the adapter merged in (the same class); an adapter
+    that names no base model is refused with the field to fill."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = load_model_and_processor(tiny_folder, device="cpu")
+    assert not model.training and model.device.type == "cpu" and type(processor).__name__ == "LlamoProcessor"
+    adapter_dir = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=2, target_modules=r"^model\.language_model\..*\.q_proj$")).save_pretrained(adapter_dir)
+    processor.save_pretrained(adapter_dir)
+    merged, _ = load_model_and_processor(adapter_dir, device="cpu")
+    assert type(merged) is type(model) and not merged.training
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    config_file = adapter_dir / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": None}))
+    with pytest.raises(ValueError, match="does not name its base model"):
+        load_model_and_processor(adapter_dir)
 
 
 def test_train_sft_reports_a_missing_init_folder_before_any_hub_call(tmp_path):

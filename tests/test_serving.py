@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from configuration_llamo import LlamoConfig
+from llamo.cli import load_model_and_processor
 from llamo.serving.engine import VLLMServer, free_port, vllm_python
-from llamo.serving.export import check_servable, export_for_vllm, extract_language_model, load_llamo, verify_export
+from llamo.serving.export import check_servable, export_for_vllm, extract_language_model, verify_export
 from llamo.serving.frontend import LlamoFrontEnd
 from llamo.serving.gateway import create_app
 from llamo.serving.tiny import build_servable_tiny_llamo, serving_conversations
@@ -167,7 +168,7 @@ def test_export_of_a_lora_adapter_folder_merges_it(tmp_path):
                 parameter.normal_(std=0.5)  # a trained-looking adapter that changes the logits
     peft_model.save_pretrained(adapter_dir)
     processor.save_pretrained(adapter_dir)
-    merged, merged_processor = load_llamo(adapter_dir)
+    merged, merged_processor = load_model_and_processor(adapter_dir, device="cpu")
     inputs = render(processor, serving_conversations(1)[0])
     with torch.inference_mode():
         adapted, plain = peft_model.eval()(**inputs).logits, model(**inputs).logits

@@ -23,9 +23,10 @@ import json
 import pathlib
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor, GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 from configuration_llamo import LlamoConfig
+from llamo.cli import load_model_and_processor
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
 
@@ -79,23 +80,6 @@ PROBE_MESSAGES = [
         "content": [{"type": "molecule", "smiles": "CC(=O)Oc1ccccc1C(=O)O"}, {"type": "text", "text": "Describe it."}],
     }
 ]
-
-
-def load_llamo(path: str | pathlib.Path) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """A LLaMo folder (or Hub id) as model + processor; a PEFT adapter folder is loaded on its base and merged."""
-    path = pathlib.Path(path)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftConfig, PeftModel
-
-        base_path = PeftConfig.from_pretrained(path).base_model_name_or_path
-        if base_path is None:
-            raise ValueError(f"the adapter in {path} does not name its base model (base_model_name_or_path)")
-        base = AutoModelForCausalLM.from_pretrained(base_path, trust_remote_code=True)
-        model = PeftModel.from_pretrained(base, path).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    return model.eval(), processor
 
 
 def check_servable(config: LlamoConfig) -> None:
@@ -205,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", type=pathlib.Path, required=True)
     parser.add_argument("--served_model_name", default="llamo")
     args = parser.parse_args(argv)
-    model, processor = load_llamo(args.model)
+    model, processor = load_model_and_processor(args.model, device="cpu")
     export_for_vllm(model, processor, args.output_dir, served_model_name=args.served_model_name)
     manifest = json.loads((args.output_dir / "serving.json").read_text())
     print(
