@@ -35,6 +35,7 @@ import time
 import torch
 
 from llamo.base_llm import pretrain_base_llm
+from llamo.cli import load_model_and_processor
 from llamo.evaluation import evaluate, evaluate_baseline, examples_from_conversations
 from projectors_llamo import PROJECTOR_SPECS
 
@@ -113,12 +114,9 @@ def train_arm(args, arm: str, seed: int, base_llm: pathlib.Path, train_spec: str
 def graph_token_features(model_dir: pathlib.Path, examples) -> torch.Tensor | None:
     """One feature vector per example from a model's graph tokens: all tokens concatenated (fixed count) or their
     mean and sum (one token per atom). None for a model without a graph."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+    model, processor = load_model_and_processor(model_dir, device="cpu")
     if model.model.projector is None:
         return None
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     features = []
     for start in range(0, len(examples), 64):
         smiles = [example.smiles[0] for example in examples[start : start + 64]]

@@ -19,16 +19,15 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: it reads the variable once
 
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoProcessor  # noqa: E402
 
 from llamo.attention import attention_png  # noqa: E402
+from llamo.cli import load_model_and_processor  # noqa: E402
 
 from app_browser import ask, attention_image_url, chromium, open_app, serve_app  # noqa: E402  (its sibling in scripts/)
 
 
 def make_attention_picture(model_path: str, smiles: str, path: pathlib.Path) -> None:
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
+    model, processor = load_model_and_processor(model_path, device="cpu")
     attention_png(smiles, model, processor, path=path)
 
 
