@@ -92,12 +92,10 @@ def task_group(task: str) -> str:
 @torch.no_grad()
 def evaluate_model(folder: pathlib.Path, examples, output_dir: pathlib.Path, batch_size: int) -> dict:
     """Load through the public contract, answer each task group with its length, score, graph reliance."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
+    from llamo.cli import load_model_and_processor
     from llamo.evaluation import finish, generate_answers, graph_reliance, write_results
 
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model, processor = load_model_and_processor(str(folder), device="cpu")
     predictions = [""] * len(examples)
     tick = time.time()
     for group, max_new_tokens in MAX_NEW_TOKENS.items():

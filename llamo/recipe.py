@@ -73,6 +73,7 @@ def replaced_atomically(path: pathlib.Path):
 def prepare_data(data_dir: pathlib.Path, out: pathlib.Path, seed: int = 0) -> dict[str, pathlib.Path]:
     """The recipe's four tables under `out` (all molecules: the dev split is applied by molecule when training and
     evaluating). Raises `FileNotFoundError` naming the missing files."""
+    from llamo.data import undouble_backslashes
     from llamo.instructions import generate_examples
 
     missing = [name for name in (*CAPTION_FILES, *IUPAC_FILES, QM9_FILE) if not (data_dir / name).is_file()]
@@ -83,8 +84,8 @@ def prepare_data(data_dir: pathlib.Path, out: pathlib.Path, seed: int = 0) -> di
     captions = []
     for name in CAPTION_FILES:
         for row in read_tsv(data_dir / name):
-            # ChEBI-20 doubles every backslash of its SMILES; the other files do not
-            captions.append({"SMILES": row["SMILES"].replace("\\\\", "\\"), "description": row["description"], "source": name})
+            # ChEBI-20 doubles every backslash of its SMILES (the other files do not: undoubling leaves them as they are)
+            captions.append({"SMILES": undouble_backslashes(row["SMILES"]), "description": row["description"], "source": name})
     write_tsv(files["captions"], ["SMILES", "description", "source"], captions)
     names = [row for name in IUPAC_FILES for row in read_tsv(data_dir / name)]
     write_tsv(files["iupac"], ["SMILES", "iupac_name"], [{"SMILES": r["SMILES"], "iupac_name": r["description"]} for r in names])

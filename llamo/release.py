@@ -254,6 +254,7 @@ The weights trained here and the code are Apache-2.0; SmolLM2-135M-Instruct is A
 def release_card(info: dict) -> str:
     """The model card of an assembled release: what it is, how it was trained, its held-out results."""
     from llamo.model_card import CITATION
+    from projectors_llamo import PROJECTOR_SPECS
 
     stages = info.get("stages", [])
     training = "\n".join(
@@ -269,7 +270,7 @@ def release_card(info: dict) -> str:
         "\n".join(evaluation["table"]) + f"\n\nCommand: `{evaluation.get('command')}`." if evaluation else "Not evaluated yet."
     )
     build = info["build"]
-    graph = build["projector_type"] != "none"
+    graph = PROJECTOR_SPECS[build["projector_type"]].uses_graph
     return RELEASE_CARD.format(
         title="LLaMo-SmolLM2" if graph else "SmolLM2 + LoRA, no graph (LLaMo's comparison arm)",
         projector=build["projector_type"],
