@@ -8,6 +8,7 @@ the reported numbers are medians over the repeats, and ratios are taken within e
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import pathlib
 import platform
@@ -173,13 +174,77 @@ def build_small_llamo(seed: int = 0, **overrides):
     return build_llamo_from_config(text_config, tokenizer, seed=seed, **overrides)
 
 
-def bare_language_model(llamo):
-    """A plain `LlamaForCausalLM` holding the same weights as LLaMo's language model and lm_head."""
-    from transformers import LlamaForCausalLM
+# `--llm`: the same measurements around a real language model, by default SmolLM2-135M-Instruct (Llama, width 576,
+# 30 layers, vocabulary 49,152) as `llamo.smollm2` converts it; the graph side is LLaMo-SmolLM2's (multilevel
+# projector, normed attention), randomly initialized (its values do not change the work).
+LLM_GRAPH_SIDE = dict(projector_type="multilevel", config_overrides={"projector_attention": "normed"})
 
-    model = LlamaForCausalLM(llamo.config.text_config)
-    model.model.load_state_dict(llamo.model.language_model.state_dict())
-    model.lm_head.load_state_dict(llamo.lm_head.state_dict())
+
+def add_llm_argument(parser) -> None:
+    parser.add_argument(
+        "--llm",
+        default=None,
+        help="measure around a real language model instead of the small random one: 'smollm2' (SmolLM2-135M-Instruct, "
+        "converted once by llamo.smollm2) or a causal-LM folder / Hub id; fp32 weights, LLaMo-SmolLM2's graph side",
+    )
+
+
+def resolve_llm(llm: str) -> str:
+    """The folder (or Hub id) that `--llm` names: `smollm2` is the converted SmolLM2-135M-Instruct folder."""
+    if llm.lower() == "smollm2":
+        from llamo.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return llm
+
+
+def llm_label(llm: str | None) -> str:
+    """The prefix of target names and titles for `--llm` runs (`"SmolLM2-135M-Instruct: "`), empty for the small model."""
+    return "" if llm is None else f"{pathlib.PurePath(resolve_llm(llm)).name}: "
+
+
+def build_benchmark_llamo(llm: str | None, seed: int = 0):
+    """(model, processor, description): the small random LLaMo (`llm=None`), or one built around the `--llm` language
+    model by `llamo.builder.build_llamo` (its own chat template, fp32, graph side `LLM_GRAPH_SIDE`)."""
+    import torch
+
+    if llm is None:
+        model, processor = build_small_llamo(seed=seed)
+        return model, processor, "small random Llama (SMALL_TEXT_CONFIG)"
+    from llamo.builder import build_llamo
+
+    folder = resolve_llm(llm)
+    model, processor = build_llamo(folder, dtype=torch.float32, seed=seed, **LLM_GRAPH_SIDE)
+    # The LLM's weights come memory-mapped from its safetensors file (at the file's offsets: not 64-byte aligned);
+    # the bare model's (`bare_language_model`) are copies in process memory. A SmolLM2 decoding step took ~3% longer
+    # over the mapped weights than over copies of them (batch 1, this CPU), so LLaMo gets copies too: the ratio then
+    # compares the models, not where their weights live. Tied weights stay tied (one Parameter, copied once).
+    with torch.no_grad():
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            tensor.data = tensor.data.clone()
+    return model, processor, f"{folder} ({type(model.model.language_model).__name__}), graph side {LLM_GRAPH_SIDE}"
+
+
+def filler_token_id(tokenizer) -> int:
+    """An ordinary token that stands in for the graph slots in the bare model's inputs: "C" (one token in the tiny
+    and SmolLM2 vocabularies), else the first token "C" encodes to."""
+    token_id = tokenizer.convert_tokens_to_ids("C")
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        token_id = tokenizer("C", add_special_tokens=False)["input_ids"][0]
+    return token_id
+
+
+def bare_language_model(llamo):
+    """The language model's own causal-LM class (`LlamaForCausalLM` for Llama / SmolLM2) holding the same weights as
+    LLaMo's language model and lm_head, with the same attention implementation."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    text_config = copy.deepcopy(llamo.config.text_config)
+    model = AutoModelForCausalLM.from_config(text_config, attn_implementation=text_config._attn_implementation)
+    model.base_model.load_state_dict(llamo.model.language_model.state_dict())
+    model.get_output_embeddings().load_state_dict(llamo.lm_head.state_dict())
     model.generation_config = llamo.generation_config
     return model.to(llamo.dtype)
 
@@ -267,8 +332,19 @@ def stage2_llamo(model):
     return peft_model
 
 
-def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4):
-    """A step function over the batch with the given index: forward with labels, backward, AdamW step."""
+def autocast_context(bf16: bool):
+    """bf16 autocast on the CPU (as `train_sft.py --bf16 true` trains there; the GIN computes in fp32 by itself), or
+    nothing."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4, bf16: bool = False):
+    """A step function over the batch with the given index: forward with labels, backward (in bf16 autocast with
+    `bf16`), AdamW step."""
     import torch
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
@@ -276,8 +352,9 @@ def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4):
     def step(indices):
         for index in indices:
             optimizer.zero_grad(set_to_none=True)
-            loss = model(**batches[index]).loss
-            loss.backward()
+            with autocast_context(bf16):
+                loss = model(**batches[index]).loss
+                loss.backward()
             optimizer.step()
 
     return step

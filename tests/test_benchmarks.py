@@ -65,3 +65,87 @@ def test_peak_rss_reports_the_child_and_its_exit_status():
     result = run_with_peak_rss([sys.executable, "-c", "import sys; data = bytearray(64 * 2**20); sys.exit(3)"])
     assert result["exit_status"] == 3
     assert result["peak_rss_mib"] >= 64
+
+
+def save_tiny_llm(folder) -> str:
+    """A tiny random Llama with the tiny tokenizer, saved as an LLM folder for `--llm`."""
+    from transformers import LlamaForCausalLM
+
+    from llamo.tiny import load_tiny_tokenizer, tiny_llama_config
+
+    tokenizer = load_tiny_tokenizer()
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_llm_option_runs_both_benchmarks_around_a_saved_llm(tmp_path):
+    """`--llm FOLDER` (as `--llm smollm2` does with the converted SmolLM2) builds LLaMo around the saved LLM and
+    measures it against that LLM, stage 1 and stage 2 in training, with minimal settings (no timing checked)."""
+    import bench_generation
+    import bench_training
+
+    llm = save_tiny_llm(tmp_path / "llm")
+    generation = bench_generation.main(["--llm", llm, "--repeats", "1", "--batch_sizes", "2", "--new_tokens", "2"])
+    training = bench_training.main(
+        ["--llm", llm, "--repeats", "1", "--batch_size", "2", "--num_batches", "1", "--rss_steps", "0", "--bf16"]
+    )
+    names = [target.name for target in generation + training]
+    assert all(name.startswith("llm: ") for name in names)
+    assert any("end to end" in name for name in names)
+    assert any("stage-1 step incl. data path" in name for name in names)
+    assert any("stage-2 step incl. data path" in name for name in names)
+    assert all(target.ratio > 0 for target in generation + training)
+    end_to_end = next(target for target in generation if "end to end" in target.name)
+    assert end_to_end.limit == 1.05
+
+
+def test_llm_training_peak_rss_of_one_side_runs_in_its_own_process(tmp_path):
+    """The peak-RSS run of a side: a new process under peak_rss.py; RSS after the build <= the steps' peak <= the
+    process's peak."""
+    import argparse
+
+    import bench_training
+
+    args = argparse.Namespace(
+        llm=save_tiny_llm(tmp_path / "llm"), batch_size=2, num_batches=1, threads=1, rss_steps=1, bf16=False, collate=None
+    )
+    memory = bench_training.side_peak_rss(args, "bare", tmp_path)
+    assert memory["side"] == "bare"
+    steps_peak = memory["training_peak_mib"] or memory["process_peak_mib"]  # None where the kernel cannot reset it
+    assert 0 < memory["after_build_mib"] <= steps_peak <= memory["process_peak_mib"] + 1
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_llm_training_stages_train_what_train_sft_trains(stage):
+    """bench_training's stages (it cannot import the train_sft.py script) = train_sft.py's `set_trainable` and
+    `lora_config` with scripts/train_smollm2.py's LoRA arguments: the same LoRA config, the same trainable tensors."""
+    import bench_training
+    from peft import get_peft_model
+
+    import train_sft
+    from llamo.tiny import build_tiny_llamo
+
+    arguments = train_sft.LlamoModelConfig(
+        stage=stage,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        lora_target_modules=["all-linear"],
+        train_graph_encoder=stage == 2,
+    )
+    theirs, _ = build_tiny_llamo(seed=0)
+    train_sft.set_trainable(theirs, arguments)
+    ours, _ = build_tiny_llamo(seed=0)
+    if stage == 2:
+        config = train_sft.lora_config(theirs, arguments)
+        assert bench_training.stage_lora_config(ours).to_dict() == config.to_dict()
+        theirs = get_peft_model(theirs, config)
+    ours = bench_training.llamo_for_stage(ours, stage)
+
+    def trainable(model):
+        return sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+    assert trainable(ours) == trainable(theirs) and any("graph_encoder" in name for name in trainable(ours))
+    assert ours.training
