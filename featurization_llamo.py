@@ -161,7 +161,11 @@ def parse_smiles(smiles: str, max_length: int | None = MAX_SMILES_LENGTH, max_at
     Surrounding whitespace is stripped. The text is checked first (`check_smiles_text`: length, whitespace, printable
     ASCII), and a molecule with more than `max_atoms` atoms is refused before anything else walks its graph.
     """
-    text = check_smiles_text(smiles, max_length)
+    return _parse_checked(check_smiles_text(smiles, max_length), smiles, max_atoms)
+
+
+def _parse_checked(text: str, smiles: str, max_atoms: int | None) -> Chem.Mol:
+    """`parse_smiles` of a text `check_smiles_text` let through (`smiles`: the input, for the messages)."""
     with rdBase.BlockLogs():  # RDKit reports problems on the C++ stderr stream; we raise them instead
         try:
             mol = Chem.MolFromSmiles(text)
@@ -169,10 +173,11 @@ def parse_smiles(smiles: str, max_length: int | None = MAX_SMILES_LENGTH, max_at
             raise ValueError(f"invalid SMILES {short_repr(smiles)}: {error}") from None
         if mol is None:
             raise ValueError(f"invalid SMILES {short_repr(smiles)}: {_diagnose_unparsable(text)}")
-    if mol.GetNumAtoms() == 0:
+    num_atoms = mol.GetNumAtoms()
+    if num_atoms == 0:
         raise ValueError(f"empty SMILES {short_repr(smiles)}: a molecule needs at least one atom")
-    if max_atoms is not None and mol.GetNumAtoms() > max_atoms:
-        raise ValueError(f"molecule too large {short_repr(smiles)}: {mol.GetNumAtoms():,} atoms > the limit of {max_atoms:,}")
+    if max_atoms is not None and num_atoms > max_atoms:
+        raise ValueError(f"molecule too large {short_repr(smiles)}: {num_atoms:,} atoms > the limit of {max_atoms:,}")
     return mol
 
 
@@ -193,37 +198,130 @@ def prompt_smiles(mol: Chem.Mol, isomeric: bool = False, max_length: int | None 
     return text if max_length is None else text[:max_length]
 
 
-def _enum_table(enum_type, index: dict, default: int) -> np.ndarray:
-    """Array mapping every integer value of an RDKit enum to its position in `index` (`default` if absent), so
-    a whole column of enum values is translated with one NumPy indexing instead of a dict lookup per atom."""
-    table = np.full(max(enum_type.values) + 1, default, dtype=np.int64)
-    for value, position in index.items():
-        table[int(value)] = position
-    return table
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading RDKit. Everything the featurization needs of a molecule is read once, into a `_Molecule`: one `_Atom` per
+# atom and one `_Bond` per bond, each shared by every atom / bond with the same properties and carrying its OGB row
+# and its functional-group properties ready made, plus the bond ends and the rings. The features are then computed
+# from Python lists and a handful of NumPy calls, without going back to RDKit.
 
-
-_CHIRALITY_TABLE = _enum_table(Chem.ChiralType, _CHIRALITY_INDEX, 4)
-_HYBRIDIZATION_TABLE = _enum_table(Chem.HybridizationType, _HYBRIDIZATION_INDEX, 5)
-_BOND_TYPE_TABLE = _enum_table(Chem.BondType, _BOND_TYPE_INDEX, 4)  # also the motif bond-count column (0-3)
-_BOND_STEREO_TABLE = _enum_table(Chem.BondStereo, _BOND_STEREO_INDEX, 5)
-_SINGLE, _DOUBLE, _TRIPLE, _AROMATIC = (int(getattr(Chem.BondType, name)) for name in ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC"))
-
-# Motif element column of each atomic number: 0-4 the counted elements in descriptor order, 5 halogen, 6 other.
-_MOTIF_ELEMENT_COLUMN = np.full(256, 6, dtype=np.int64)
+_CHIRALITY_POSITION = {int(value): position for value, position in _CHIRALITY_INDEX.items()}
+_HYBRIDIZATION_POSITION = {int(value): position for value, position in _HYBRIDIZATION_INDEX.items()}
+_BOND_TYPE_POSITION = {int(value): position for value, position in _BOND_TYPE_INDEX.items()}
+_BOND_STEREO_POSITION = {int(value): position for value, position in _BOND_STEREO_INDEX.items()}
+_SINGLE, _DOUBLE, _TRIPLE, _AROMATIC = (
+    _BOND_TYPE_POSITION[int(getattr(Chem.BondType, name))] for name in ("SINGLE", "DOUBLE", "TRIPLE", "AROMATIC")
+)  # fmt: skip  (bond columns 0-3)
 _ELEMENT_NUMBERS = {symbol: number for number, symbol in _COUNTED_ELEMENTS.items()}
-for _column, (_symbol, _) in enumerate(_MOTIF_COUNT_BLOCKS):
-    _MOTIF_ELEMENT_COLUMN[_ELEMENT_NUMBERS[_symbol]] = _column
-_MOTIF_ELEMENT_COLUMN[sorted(_HALOGENS)] = 5
+# Motif element column of each atomic number: 0-4 the counted elements in descriptor order, 5 halogen, 6 other.
+_MOTIF_ELEMENT_COLUMN = {_ELEMENT_NUMBERS[symbol]: column for column, (symbol, _) in enumerate(_MOTIF_COUNT_BLOCKS)}
+_MOTIF_ELEMENT_COLUMN |= dict.fromkeys(_HALOGENS, 5)
 # Descriptor layout: 5 element blocks, the halogen and other-element flags, 4 bond blocks, the ring flag.
 _MOTIF_HALOGEN_COLUMN = sum(buckets for _, buckets in _MOTIF_COUNT_BLOCKS)
-_MOTIF_FLAG_COLUMNS = [_MOTIF_HALOGEN_COLUMN, _MOTIF_HALOGEN_COLUMN + 1, MOTIF_FEATURE_SIZE - 1]  # halogen, other, ring
-_MOTIF_BLOCK_BUCKETS = np.array([buckets for _, buckets in _MOTIF_COUNT_BLOCKS + _MOTIF_BOND_BLOCKS])
-_MOTIF_BLOCK_STARTS = np.concatenate(
-    (
-        np.cumsum([0] + [buckets for _, buckets in _MOTIF_COUNT_BLOCKS[:-1]]),
-        _MOTIF_HALOGEN_COLUMN + 2 + np.cumsum([0] + [buckets for _, buckets in _MOTIF_BOND_BLOCKS[:-1]]),
-    )
-)
+_MOTIF_BLOCKS = [(start, buckets) for start, buckets in zip(
+    np.cumsum([0] + [buckets for _, buckets in _MOTIF_COUNT_BLOCKS[:-1]]).tolist()
+    + (_MOTIF_HALOGEN_COLUMN + 2 + np.cumsum([0] + [buckets for _, buckets in _MOTIF_BOND_BLOCKS[:-1]])).tolist(),
+    [buckets for _, buckets in _MOTIF_COUNT_BLOCKS + _MOTIF_BOND_BLOCKS],
+)]  # fmt: skip
+
+
+class _Atom(NamedTuple):
+    """One kind of atom (all atoms with these `values` share it)."""
+
+    values: tuple[int, ...]  # atomic number, ChiralType, formal charge, #H (implicit + explicit), radicals,
+    # HybridizationType, aromatic -- a column of `MoleculeTables.atoms`
+    row: bytes  # its OGB feature row, int64, with the #H in the degree column and 0 in the ring column
+    num_hs: int
+    node_rows: dict[int, bytes]  # the complete OGB row by 2 * total degree + in ring (`_node_row`), filled when met
+    element: int  # motif element column: 0-4 C, O, N, P, S; 5 halogen; 6 other
+    marked: bool  # not a carbon: it starts a functional group ([!#6])
+    aliphatic_carbon: bool  # an acetal-like carbon if it has 4 connections and two ...
+    acetal_partner: bool  # ... aliphatic O / N / S neighbours
+
+
+class _Bond(NamedTuple):
+    """One kind of bond (all bonds with these `values` share it)."""
+
+    values: tuple[int, ...]  # BondType, BondStereo, conjugated -- rows 2-4 of `MoleculeTables.bonds`
+    rows: bytes  # its OGB feature row, int64, twice: the edge i->j and the edge j->i
+    column: int  # 0-3 single / double / triple / aromatic (`_SINGLE` ...), 4 any other type
+    marks: bool  # double or triple: both atoms start a functional group (*=,#*)
+    acetal: bool  # single or aromatic: SMARTS' default bond, the one of [CX4]([O,N,S])[O,N,S]
+    pair_row: bytes  # the motif descriptor of two carbons joined by this bond outside rings (`_motif_row`)
+
+
+class _Molecule(NamedTuple):
+    """What the featurization reads from RDKit about one molecule (see `_read` for the readers)."""
+
+    atoms: list[_Atom]
+    edges: bytes | bytearray  # the edge index [2, 2 * num_bonds] as `index_type` values: bond i is the edges
+    # begin -> end and end -> begin, i.e. row 0 is the begin and end atom of bond 0, of bond 1, ...; row 1 the same
+    # pairs swapped
+    index_type: str  # NumPy dtype of `edges`
+    begin: list[int]
+    end: list[int]
+    bonds: list[_Bond]
+    bond_in_ring: list[bool]
+    rings: tuple[tuple[int, ...], ...]  # symmetrized SSSR (= Chem.GetSymmSSSR), atom indices in ring order
+
+
+# Shared `_Atom` / `_Bond` objects by their values (a few hundred cover a data set). Bounded; filled under the GIL.
+_ATOM_KINDS: dict[tuple[int, ...], _Atom] = {}
+_BOND_KINDS: dict[tuple[int, ...], _Bond] = {}
+_KIND_CACHE_SIZE = 4096
+
+
+def _atom_kind(values: tuple[int, ...]) -> _Atom:
+    kind = _ATOM_KINDS.get(values)
+    if kind is None:
+        number, chiral_tag, charge, num_hs, radicals, hybridization, aromatic = values
+        row = (
+            number - 1 if 1 <= number <= 118 else 118,
+            _CHIRALITY_POSITION.get(chiral_tag, 4),  # anything newer (allene, square planar, ...) -> misc
+            num_hs,  # + the number of bonds, capped at 11, once the bonds are known (the total degree)
+            charge + 5 if -5 <= charge <= 5 else 11,
+            min(num_hs, 9),  # 0-8, then "misc"
+            min(radicals, 5),  # 0-4, then "misc"
+            _HYBRIDIZATION_POSITION.get(hybridization, 5),
+            aromatic,
+            0,  # in a ring: set once the rings are known
+        )
+        aliphatic = not aromatic
+        kind = _Atom(
+            values=values,
+            row=np.array(row, dtype=np.int64).tobytes(),
+            num_hs=num_hs,
+            node_rows={},
+            element=_MOTIF_ELEMENT_COLUMN.get(number, 6),
+            marked=number != 6,
+            aliphatic_carbon=number == 6 and aliphatic,
+            acetal_partner=number in (7, 8, 16) and aliphatic,
+        )
+        if len(_ATOM_KINDS) < _KIND_CACHE_SIZE:
+            _ATOM_KINDS[values] = kind
+    return kind
+
+
+def _bond_kind(values: tuple[int, ...]) -> _Bond:
+    kind = _BOND_KINDS.get(values)
+    if kind is None:
+        bond_type, stereo, conjugated = values
+        column = _BOND_TYPE_POSITION.get(bond_type, 4)
+        # OGB has no misc bucket for stereo and raises on the atropisomer tags RDKit added later: those -> STEREOANY
+        row = np.array([column, _BOND_STEREO_POSITION.get(stereo, 5), conjugated], dtype=np.int64).tobytes()
+        pair_counts = [0] * 13
+        pair_counts[0], pair_counts[7 + column] = 2, 1  # two C atoms, this bond, no ring bond
+        kind = _Bond(
+            values=values,
+            rows=row + row,
+            column=column,
+            marks=column in (_DOUBLE, _TRIPLE),
+            acetal=column in (_SINGLE, _AROMATIC),
+            pair_row=_motif_row(tuple(pair_counts)),
+        )
+        if len(_BOND_KINDS) < _KIND_CACHE_SIZE:
+            _BOND_KINDS[values] = kind
+    return kind
+
 
 _ATOM_GETTERS = (
     Chem.Atom.GetAtomicNum,
@@ -246,13 +344,8 @@ _BOND_GETTERS = (
 
 @dataclass(frozen=True)
 class MoleculeTables:
-    """Everything the featurization reads from RDKit about one molecule: one row per property, one column per atom
-    (`atoms`, int64 [7, N]) or bond (`bonds`, int64 [6, B]), plus the rings.
-
-    Each RDKit accessor is a Python -> C++ call (0.3-0.9 us) and each Atom / Bond wrapper costs about 1.5 us to
-    create, so every atom and bond is visited exactly once, here; the OGB features, the functional-group markers
-    and the motif descriptors are then computed from these tables without going back to RDKit.
-    """
+    """Everything the featurization reads from RDKit about one molecule, as arrays: one row per property, one column
+    per atom (`atoms`, int64 [7, N]) or bond (`bonds`, int64 [6, B]), plus the rings (see `read_molecule`)."""
 
     atoms: np.ndarray  # rows: atomic number, ChiralType, formal charge, #H (implicit + explicit), radicals,
     # HybridizationType, aromatic
@@ -260,6 +353,29 @@ class MoleculeTables:
     degrees: np.ndarray  # [N] total degree: bonded atoms + hydrogens (RDKit's GetTotalDegree)
     atom_in_ring: np.ndarray  # [N] bool
     rings: tuple[tuple[int, ...], ...]  # symmetrized SSSR (= Chem.GetSymmSSSR), atom indices in ring order
+
+
+def read_molecule(mol: Chem.Mol) -> MoleculeTables:
+    """Every atom and bond property the featurization reads from RDKit, as arrays (`MoleculeTables`)."""
+    molecule = _read(mol)
+    num_atoms, num_bonds = len(molecule.atoms), len(molecule.bonds)
+    atoms = np.array([atom.values for atom in molecule.atoms], dtype=np.int64).reshape(num_atoms, 7).T
+    edges = np.frombuffer(molecule.edges, dtype=molecule.index_type)
+    bonds = np.empty((6, num_bonds), dtype=np.int64)
+    bonds[:2] = edges[: 2 * num_bonds].reshape(num_bonds, 2).T
+    bonds[2:5] = np.array([bond.values for bond in molecule.bonds], dtype=np.int64).reshape(num_bonds, 3).T
+    bonds[5] = molecule.bond_in_ring
+    atom_in_ring = np.zeros(num_atoms, dtype=bool)
+    atom_in_ring[[atom for ring in molecule.rings for atom in ring]] = True
+    degrees = np.bincount(edges[: 2 * num_bonds], minlength=num_atoms) + atoms[3]
+    return MoleculeTables(atoms=atoms, bonds=bonds, degrees=degrees, atom_in_ring=atom_in_ring, rings=molecule.rings)
+
+
+def _read(mol: Chem.Mol) -> _Molecule:
+    """Read a molecule from its binary pickle when it can be (`_read_pickle`: one RDKit call), else with one accessor
+    call per atom or bond property (`_read_accessors`). Both read the same (`tests/test_featurization_fast.py`)."""
+    molecule = _read_pickle(mol)
+    return molecule if molecule is not None else _read_accessors(mol)
 
 
 def _atom_rings(mol: Chem.Mol) -> tuple[tuple[int, ...], ...]:
@@ -274,61 +390,230 @@ def _atom_rings(mol: Chem.Mol) -> tuple[tuple[int, ...], ...]:
     return ring_info.AtomRings()
 
 
-def read_molecule(mol: Chem.Mol) -> MoleculeTables:
-    """Read every atom and bond property the featurization needs in one pass (see `MoleculeTables`)."""
+def _read_accessors(mol: Chem.Mol) -> _Molecule:
+    """`_read` through RDKit's Python accessors: a wrapper object per atom / bond (about 0.4 us each) and a
+    Python -> C++ call per property (0.1-0.4 us; more for enums). The reference, and the path for what the pickle
+    reader does not handle."""
     num_atoms, num_bonds = mol.GetNumAtoms(), mol.GetNumBonds()
     # indexing, not `mol.GetAtoms()`, whose Python-level iterator costs about as much again as the wrappers
     atoms = list(map(mol.GetAtomWithIdx, range(num_atoms)))
     bonds = list(map(mol.GetBondWithIdx, range(num_bonds)))
-    atom_table = np.array([list(map(getter, atoms)) for getter in _ATOM_GETTERS], dtype=np.int64)
-    bond_table = np.array([list(map(getter, bonds)) for getter in _BOND_GETTERS], dtype=np.int64)
-    atom_table = atom_table.reshape(len(_ATOM_GETTERS), num_atoms)
-    bond_table = bond_table.reshape(len(_BOND_GETTERS), num_bonds)
-    rings = _atom_rings(mol)
-    atom_in_ring = np.zeros(num_atoms, dtype=bool)
-    atom_in_ring[[atom for ring in rings for atom in ring]] = True
-    # RDKit's total degree is the atom's number of bonds plus its hydrogen count
-    degrees = np.bincount(bond_table[:2].ravel(), minlength=num_atoms) + atom_table[3]
-    return MoleculeTables(atoms=atom_table, bonds=bond_table, degrees=degrees, atom_in_ring=atom_in_ring, rings=rings)
+    atom_values = zip(*[list(map(int, map(getter, atoms))) for getter in _ATOM_GETTERS], strict=True)
+    begin, end, *bond_values, in_ring = [list(map(int, map(getter, bonds))) for getter in _BOND_GETTERS]
+    edges = np.empty((2, num_bonds, 2), dtype=np.int64)
+    edges[0, :, 0] = edges[1, :, 1] = begin
+    edges[0, :, 1] = edges[1, :, 0] = end
+    return _Molecule(
+        atoms=[_atom_kind(values) for values in atom_values],
+        edges=edges.tobytes(),
+        index_type="=i8",
+        begin=begin,
+        end=end,
+        bonds=[_bond_kind(values) for values in zip(*bond_values, strict=True)],
+        bond_in_ring=list(map(bool, in_ring)),
+        rings=tuple(map(tuple, _atom_rings(mol))),
+    )
 
 
-def _atom_feature_matrix(tables: MoleculeTables) -> np.ndarray:
-    numbers, chiral_tags, charges, num_hs, radicals, hybridizations, aromatic = tables.atoms
-    features = np.empty((len(numbers), len(ATOM_FEATURE_VOCAB_SIZES)), dtype=np.int64)
-    features[:, 0] = np.where((numbers >= 1) & (numbers <= 118), numbers - 1, 118)
-    features[:, 1] = _CHIRALITY_TABLE[chiral_tags]
-    features[:, 2] = np.minimum(tables.degrees, 11)  # 0-10, then "misc"
-    features[:, 3] = np.where((charges >= -5) & (charges <= 5), charges + 5, 11)
-    features[:, 4] = np.minimum(num_hs, 9)  # 0-8, then "misc"
-    features[:, 5] = np.minimum(radicals, 5)  # 0-4, then "misc"
-    features[:, 6] = _HYBRIDIZATION_TABLE[hybridizations]
-    features[:, 7] = aromatic
-    features[:, 8] = tables.atom_in_ring
-    return features
+# Reading a molecule from its binary pickle (`Mol.ToBinary`). One C++ call serializes every atom and bond property
+# the features need -- atomic number, charge, chirality, hybridization, explicit Hs, implicit valence, radicals,
+# aromaticity; bond ends, type, stereo, conjugation; the rings -- as short byte records, where the accessors cost a
+# wrapper per atom / bond and a call per property (about 4x the time). The layout is that of RDKit's MolPickler.cpp
+# (`_pickleAtom`, `_pickleAtomData`, `_pickleBond`, `_pickleSSSR`) for the pickle versions below, checked against the
+# accessors by the tests. Anything else -- another pickle version, query atoms / bonds, atom map numbers, dummy labels,
+# monomer info, a property cache or ring info other than the ones sanitization leaves -- goes to `_read_accessors`.
+_PICKLE_VERSIONS = ((16, 3, 0), (16, 4, 0))
+_PICKLE_HEADERS = tuple(  # endian id, the VERSION tag (as int32), major, minor, patch
+    b"".join(value.to_bytes(4, "little") for value in (0xDEADBEEF, 0, *version)) for version in _PICKLE_VERSIONS
+)
+_PICKLE_NO_PROPS = Chem.PropertyPickleOptions.NoProps
+_BEGIN_ATOMS, _BEGIN_BONDS, _BEGIN_SYMMETRIZED_SSSR = 1, b"\x0b", b"\x42"  # MolPickler::Tags 1, 11, 66
+# An atom record: atomic number, flags (bit 6 aromatic, bit 5 no implicit Hs, bits 1-4: extras after the record), int32
+# property flags, then one byte for each of property bits 1-7 that is set (charge, chiral tag, hybridization if not
+# SP3, explicit Hs, explicit valence, implicit valence, radicals) and 4 for bit 8 (isotope).
+_ATOM_RECORD_LENGTH = bytes(6 + (value & 0xFE).bit_count() for value in range(256))  # by property-flag bits 0-7
+_ATOM_ISOTOPE_LENGTH = bytes([0, 4] + [255] * 254)  # by property-flag bits 8-15 (other bits: rejected when decoded)
+# A bond record: begin and end atom (1 byte each; 4 past 255 atoms), flags (bit 6 aromatic, bit 5 conjugated, bit 4
+# query, bit 3 type follows (not single), bit 2 direction follows, bit 1 stereo follows, bit 0 end points follow), then
+# those bytes; a stereo entry is the stereo value, a count and that many atom indices. Its tail: from the flags on.
+_BOND_TAIL_LENGTH = bytes(1 + (flags >> 3 & 1) + (flags >> 2 & 1) + 2 * (flags >> 1 & 1) for flags in range(256))
+_SP3 = int(Chem.HybridizationType.SP3)
+_SINGLE_BOND = int(Chem.BondType.SINGLE)
+# Atom / bond kinds by their record bytes (bonds: without the atom indices), so that nearly every record is one
+# dictionary lookup. Bounded; filled under the GIL.
+_ATOM_RECORDS: dict[bytes, _Atom] = {}
+_BOND_RECORDS: dict[bytes, _Bond] = {}
 
 
-def _bond_graph_arrays(tables: MoleculeTables) -> tuple[np.ndarray, np.ndarray]:
-    begin, end, bond_types, stereo, conjugated, _ = tables.bonds
-    num_edges = 2 * len(begin)
-    edge_index = np.empty((2, num_edges), dtype=np.int64)
-    edge_index[0, 0::2] = edge_index[1, 1::2] = begin
-    edge_index[1, 0::2] = edge_index[0, 1::2] = end
-    edge_features = np.empty((num_edges, len(BOND_FEATURE_VOCAB_SIZES)), dtype=np.int64)
-    edge_features[0::2, 0] = edge_features[1::2, 0] = _BOND_TYPE_TABLE[bond_types]
-    edge_features[0::2, 1] = edge_features[1::2, 1] = _BOND_STEREO_TABLE[stereo]
-    edge_features[0::2, 2] = edge_features[1::2, 2] = conjugated
-    return edge_index, edge_features
+def _decode_atom_record(record: bytes) -> _Atom | None:
+    """The kind of atom of a record (cached in `_ATOM_RECORDS`); None for a record this does not read."""
+    number, flags, property_flags = record[0], record[1], int.from_bytes(record[2:6], "little")
+    if flags & 0x1E or property_flags & ~0x1FE:  # query, map number, dummy label, monomer info; unknown properties
+        return None
+    values, offset = {}, 6
+    for bit in range(1, 8):
+        if property_flags >> bit & 1:
+            values[bit] = record[offset]
+            offset += 1
+    charge = values.get(1, 0)
+    num_hs = values.get(4, 0) + (0 if flags & 0x20 else values.get(6, 0))  # explicit + implicit (none if "no implicit")
+    atom = _atom_kind((number, values.get(2, 0), charge - 256 if charge > 127 else charge, num_hs, values.get(7, 0),
+                       values.get(3, _SP3), flags >> 6 & 1))  # fmt: skip
+    if len(_ATOM_RECORDS) < _KIND_CACHE_SIZE:
+        _ATOM_RECORDS[record] = atom
+    return atom
+
+
+def _decode_bond_record(record: bytes) -> _Bond | None:
+    """The kind of bond of a record without its atom indices (cached in `_BOND_RECORDS`); None if not read here."""
+    flags = record[0]
+    if flags & 0x11:  # query bond, mol-file end points
+        return None
+    bond_type = record[1] if flags & 0x08 else _SINGLE_BOND
+    stereo = record[1 + (flags >> 3 & 1) + (flags >> 2 & 1)] if flags & 0x02 else 0
+    bond = _bond_kind((bond_type, stereo, flags >> 5 & 1))
+    if len(_BOND_RECORDS) < _KIND_CACHE_SIZE:
+        _BOND_RECORDS[record] = bond
+    return bond
+
+
+def _read_pickle(mol: Chem.Mol) -> _Molecule | None:
+    """`_read` from the molecule's pickle; None where it cannot be read this way (see above)."""
+    if mol.NeedsUpdatePropertyCache():  # implicit valences not computed: the accessors raise, the pickle says 0
+        return None
+    data = mol.ToBinary(_PICKLE_NO_PROPS)
+    if not data.startswith(_PICKLE_HEADERS):
+        return None
+    try:
+        return _read_pickle_records(data)
+    except (IndexError, ValueError):  # a record running past the end: not a layout read here
+        return None
+
+
+def _int32(data: bytes, position: int) -> int:
+    if position + 4 > len(data):
+        raise IndexError("past the end of the pickle")
+    return int.from_bytes(data[position : position + 4], "little", signed=True)
+
+
+def _read_pickle_records(data: bytes) -> _Molecule | None:
+    num_atoms, num_bonds = _int32(data, 20), _int32(data, 24)
+    if num_atoms <= 0 or data[28] != 0x80 or data[29] != _BEGIN_ATOMS:
+        return None
+    atoms, known, position = [], _ATOM_RECORDS.get, 30
+    add_atom, record_length, isotope_length = atoms.append, _ATOM_RECORD_LENGTH, _ATOM_ISOTOPE_LENGTH
+    for _ in range(num_atoms):
+        end = position + record_length[data[position + 2]] + isotope_length[data[position + 3]]
+        atom = known(data[position:end])
+        if atom is None:
+            atom = _decode_atom_record(data[position:end])
+            if atom is None:
+                return None
+        add_atom(atom)
+        position = end
+    if data[position : position + 1] != _BEGIN_BONDS:
+        return None
+    position += 1
+    width = 1 if num_atoms <= 255 else 4  # bytes of an atom index in the bond and ring records
+    head = 2 * width  # the bond's two atoms, then its record
+    bonds, ends, known = [], bytearray(), _BOND_RECORDS.get
+    add_bond, tail_length = bonds.append, _BOND_TAIL_LENGTH
+    for _ in range(num_bonds):
+        start = position + head
+        flags = data[start]
+        end = start + tail_length[flags]
+        bond = known(data[start:end])
+        if bond is None:
+            bond = _decode_bond_record(data[start:end])
+            if bond is None:
+                return None
+        add_bond(bond)
+        ends += data[position:start]
+        position = end + data[end - 1] * width if flags & 0x02 else end  # skip the stereo atoms
+    if data[position : position + 1] != _BEGIN_SYMMETRIZED_SSSR:
+        return None  # no ring info, or rings of another kind than sanitization's symmetrized SSSR
+    num_rings = _int32(data, position + 1)  # unsigned, in fact; a ring count past 2**31 fails the end check anyway
+    position += 5
+    rings = []
+    if width == 1:
+        for _ in range(num_rings):
+            size = data[position]
+            rings.append(tuple(data[position + 1 : position + 1 + size]))
+            position += 1 + size
+        begin, end = list(ends[0::2]), list(ends[1::2])
+        swapped = bytearray(len(ends))
+        swapped[0::2], swapped[1::2] = end, begin
+        index_type = "u1"
+    else:
+        for _ in range(num_rings):
+            size = _int32(data, position)
+            rings.append(tuple(np.frombuffer(data, dtype="<i4", count=size, offset=position + 4).tolist()))
+            position += 4 + 4 * size
+        pairs = np.frombuffer(bytes(ends), dtype="<i4").reshape(num_bonds, 2)  # (a copy: `ends` grows below)
+        begin, end = pairs[:, 0].tolist(), pairs[:, 1].tolist()
+        swapped = pairs[:, ::-1].tobytes()
+        index_type = "<i4"
+    if position > len(data):
+        return None
+    # a ring bond joins two atoms next to each other in a ring (RDKit's bond rings are these pairs of its atom rings)
+    ring_pairs = set()
+    for ring in rings:
+        shifted = ring[1:] + ring[:1]
+        ring_pairs.update(zip(ring, shifted), zip(shifted, ring))
+    in_ring = list(map(ring_pairs.__contains__, zip(begin, end))) if rings else [False] * num_bonds
+    ends += swapped  # the second row of the edge index
+    return _Molecule(atoms, ends, index_type, begin, end, bonds, in_ring, tuple(rings))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Features of a `_Molecule`.
+
+
+def _node_row(atom: _Atom, key: int) -> bytes:
+    """`atom.node_rows[key]`: its OGB row with the total degree (capped) and the ring flag that `key` encodes."""
+    row = np.frombuffer(atom.row, dtype=np.int64).copy()
+    row[2], row[8] = min(key >> 1, 11), key & 1  # degree 0-10, then "misc"
+    atom.node_rows[key] = row = row.tobytes()
+    return row
+
+
+def _graph_arrays(molecule: _Molecule, writeable: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """OGB node features, edge index and edge features (read-only unless `writeable`), and the total degree of each
+    atom (bonds + Hs).
+
+    Three NumPy calls: after RDKit's work each costs a microsecond or more (about three times what it costs in a tight
+    loop), more than the plain-Python counting of bonds per atom and the lookup of each atom's finished row."""
+    atoms, bonds = molecule.atoms, molecule.bonds
+    num_atoms, num_edges = len(atoms), 2 * len(bonds)
+    degrees = [atom.num_hs for atom in atoms]
+    for atom in molecule.begin:
+        degrees[atom] += 1
+    for atom in molecule.end:
+        degrees[atom] += 1
+    keys = [2 * degree for degree in degrees]
+    for ring in molecule.rings:
+        for atom in ring:
+            keys[atom] |= 1
+    rows = [atom.node_rows.get(key) or _node_row(atom, key) for atom, key in zip(atoms, keys)]
+    buffer = bytearray if writeable else bytes  # arrays on `bytes` are read-only
+    node_features = np.ndarray((num_atoms, len(ATOM_FEATURE_VOCAB_SIZES)), dtype=np.int64, buffer=buffer(b"".join(rows)))
+    edge_index = np.ndarray((2, num_edges), dtype=molecule.index_type, buffer=molecule.edges).astype(np.int64)
+    if not writeable:
+        edge_index.setflags(write=False)
+    edge_features = np.ndarray((num_edges, len(BOND_FEATURE_VOCAB_SIZES)), dtype=np.int64,
+                               buffer=buffer(b"".join([bond.rows for bond in bonds])))  # fmt: skip
+    return node_features, edge_index, edge_features, degrees
 
 
 def atom_features(mol: Chem.Mol) -> np.ndarray:
     """[num_atoms, 9] OGB atom features: atomic number, chirality, degree, formal charge, #H, radicals,
     hybridization, aromaticity, ring membership (each value outside OGB's list goes to its last bucket)."""
-    return _atom_feature_matrix(read_molecule(mol))
+    return _graph_arrays(_read(mol))[0]
 
 
 def bond_graph(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
     """Edge index [2, 2B] and OGB bond features [2B, 3] (type, stereo, conjugation), each bond i->j then j->i."""
-    return _bond_graph_arrays(read_molecule(mol))
+    return _graph_arrays(_read(mol))[1:3]
 
 
 def _merge_rings(atom_rings: Sequence[Sequence[int]]) -> list[set[int]]:
@@ -350,30 +635,24 @@ def merged_rings(mol: Chem.Mol) -> list[set[int]]:
     return _merge_rings(_atom_rings(mol))
 
 
-def _marker_list(tables: MoleculeTables) -> list[bool]:
-    # Plain Python: a few dozen atoms and bonds are cheaper to loop over than to push through a dozen NumPy calls.
-    numbers, aromatic = tables.atoms[0].tolist(), tables.atoms[6].tolist()
-    begin, end, bond_types = tables.bonds[:3].tolist()
-    marked = [number != 6 for number in numbers]  # [!#6]
-    for first, second, bond_type in zip(begin, end, bond_types):
-        if bond_type in (_DOUBLE, _TRIPLE):  # *=,#*
+def _marker_list(molecule: _Molecule, degrees: Sequence[int]) -> list[bool]:
+    """`marked_atoms` of a read molecule, given each atom's total degree."""
+    atoms = molecule.atoms
+    marked = [atom.marked for atom in atoms]  # [!#6]
+    # [CX4]([O,N,S])[O,N,S]: an aliphatic carbon of total degree 4 with two aliphatic O / N / S neighbours (partners)
+    # joined by SMARTS' default bond (single or aromatic); only worth looking for with two partners or more
+    partners = [atom.acetal_partner for atom in atoms]
+    acetals: dict[int, int] | None = {} if partners.count(True) >= 2 else None
+    for first, second, bond in zip(molecule.begin, molecule.end, molecule.bonds):
+        if bond.marks:  # *=,#*
             marked[first] = marked[second] = True
-    # [CX4]([O,N,S])[O,N,S]: an aliphatic carbon of total degree 4 with two aliphatic O / N / S neighbours joined by
-    # SMARTS' default bond (single or aromatic)
-    carbons = {
-        atom: 0
-        for atom, (number, is_aromatic, degree) in enumerate(zip(numbers, aromatic, tables.degrees.tolist()))
-        if number == 6 and not is_aromatic and degree == 4
-    }
-    if carbons:
-        for first, second, bond_type in zip(begin, end, bond_types):
-            if bond_type in (_SINGLE, _AROMATIC):
-                for carbon, neighbour in ((first, second), (second, first)):
-                    if carbon in carbons and numbers[neighbour] in (7, 8, 16) and not aromatic[neighbour]:
-                        carbons[carbon] += 1
-        for carbon, count in carbons.items():
-            if count >= 2:
-                marked[carbon] = True
+        elif acetals is not None and bond.acetal:
+            carbon = first if partners[second] else second if partners[first] else None
+            if carbon is not None and degrees[carbon] == 4 and atoms[carbon].aliphatic_carbon:
+                acetals[carbon] = acetals.get(carbon, 0) + 1
+    for carbon, count in (acetals or {}).items():
+        if count >= 2:
+            marked[carbon] = True
     return marked
 
 
@@ -381,45 +660,47 @@ def marked_atoms(mol: Chem.Mol) -> np.ndarray:
     """[num_atoms] bool: the atoms that start a functional group, i.e. the atoms matched by any of the
     `MARKER_SMARTS` (heteroatoms, atoms of double / triple bonds, acetal-like carbons), computed from the atom and
     bond properties instead of three substructure searches."""
-    return np.array(_marker_list(read_molecule(mol)), dtype=bool).reshape(-1)
+    molecule = _read(mol)
+    return np.array(_marker_list(molecule, _graph_arrays(molecule)[3]), dtype=bool).reshape(-1)
 
 
-def _functional_groups(tables: MoleculeTables) -> list[tuple[int, ...]]:
-    marked = _marker_list(tables)
-    parent = list(range(len(marked)))
-
-    def root(atom: int) -> int:
-        while parent[atom] != atom:
-            parent[atom] = parent[parent[atom]]
-            atom = parent[atom]
-        return atom
-
-    environment: list[tuple[int, int]] = []  # (marked atom, unmarked neighbour)
-    carbon_pairs: list[tuple[int, ...]] = []
-    begin, end, in_ring = tables.bonds[0].tolist(), tables.bonds[1].tolist(), tables.bonds[5].tolist()
-    for first, second, bond_in_ring in zip(begin, end, in_ring):
+def _functional_groups(molecule: _Molecule, degrees: Sequence[int]) -> tuple[list, list, list, list]:
+    """`functional_groups` of a read molecule in its three parts: the groups of marked atoms, the carbon pairs (with
+    their descriptor rows, which depend on the bond only), the ring systems. The groups are their concatenation."""
+    marked = _marker_list(molecule, degrees)
+    # Marked atoms joined by non-ring bonds: connected components, each labelled by its first atom (so `members` keeps
+    # the groups in the order of their first atoms) and grown by moving the later-labelled of two joined groups. An
+    # unmarked neighbour (environment) joins the list of its marked atom's group, and moves with it.
+    label = list(range(len(marked)))
+    members = {atom: [atom] for atom, is_marked in enumerate(marked) if is_marked}
+    carbon_pairs: list[tuple[int, int]] = []
+    pair_rows: list[bytes] = []
+    for first, second, bond, bond_in_ring in zip(molecule.begin, molecule.end, molecule.bonds, molecule.bond_in_ring):
         if bond_in_ring:
             continue
-        if marked[first] and marked[second]:
-            parent[root(first)] = root(second)
-        elif marked[first]:
-            environment.append((first, second))
+        if marked[first]:
+            if marked[second]:
+                kept, joined = label[first], label[second]
+                if kept != joined:
+                    if joined < kept:
+                        kept, joined = joined, kept
+                    moved = members.pop(joined)
+                    for atom in moved:
+                        label[atom] = kept
+                    members[kept] += moved
+            else:
+                members[label[first]].append(second)
         elif marked[second]:
-            environment.append((second, first))
-        else:
+            members[label[second]].append(first)
+        else:  # two unmarked atoms, i.e. two carbons
             carbon_pairs.append((first, second) if first < second else (second, first))
+            pair_rows.append(bond.pair_row)
 
-    members: dict[int, set[int]] = {}
-    for atom, is_marked in enumerate(marked):
-        if is_marked:
-            members.setdefault(root(atom), set()).add(atom)
-    for atom, neighbour in environment:
-        members[root(atom)].add(neighbour)
-
-    atom_in_ring = tables.atom_in_ring
-    groups = [tuple(sorted(group)) for group in members.values()] + carbon_pairs
-    groups = [group for group in groups if len(group) > 1 or not atom_in_ring[group[0]]]
-    return groups + [tuple(sorted(ring)) for ring in _merge_rings(tables.rings)]
+    ring_atoms = set().union(*molecule.rings)  # a lone marked atom in a ring is no group: its ring covers it
+    groups = [tuple(sorted(set(group))) for group in members.values() if len(group) > 1 or group[0] not in ring_atoms]
+    rings = molecule.rings
+    ring_systems = [tuple(sorted(ring)) for ring in (rings if len(rings) < 2 else _merge_rings(rings))]
+    return groups, carbon_pairs, pair_rows, ring_systems
 
 
 def functional_groups(mol: Chem.Mol) -> list[tuple[int, ...]]:
@@ -434,56 +715,86 @@ def functional_groups(mol: Chem.Mol) -> list[tuple[int, ...]]:
     connected set of marked atoms split in two; bonds of a parsed SMILES never come in such an order, and the
     connected-components reading implemented here gives the same groups for them.
     """
-    return _functional_groups(read_molecule(mol))
+    molecule = _read(mol)
+    marked_groups, carbon_pairs, _, ring_systems = _functional_groups(molecule, _graph_arrays(molecule)[3])
+    return marked_groups + carbon_pairs + ring_systems
 
 
-def _motif_matrix(tables: MoleculeTables, groups: Sequence[Sequence[int]]) -> np.ndarray:
-    features = np.zeros((len(groups), MOTIF_FEATURE_SIZE), dtype=np.float32)
-    if not len(groups):
-        return features
-    element_columns = _MOTIF_ELEMENT_COLUMN[np.minimum(tables.atoms[0], 255)].tolist()
-    begin, end, bond_types, _, _, in_ring = tables.bonds.tolist()
-    bond_columns = _BOND_TYPE_TABLE[tables.bonds[2]].tolist()  # 0-3 single / double / triple / aromatic, 4 other
-    neighbours: list[list[tuple[int, int]]] = [[] for _ in element_columns]
-    for bond, (first, second) in enumerate(zip(begin, end)):
-        neighbours[first].append((second, bond))
-        neighbours[second].append((first, bond))
+# Descriptor rows (float32 bytes) by their counts (see `_motif_row`). Bounded; filled under the GIL.
+_MOTIF_ROWS: dict[tuple[int, ...], bytes] = {}
 
-    counts, flags = [], []
+
+def _motif_row(counts: tuple[int, ...]) -> bytes:
+    """The 73-d descriptor of a group with these counts: 7 element columns (`_Atom.element`), then 5 bond columns
+    (`_Bond.column`), then 1 if a bond of the group is a ring bond."""
+    row = _MOTIF_ROWS.get(counts)
+    if row is None:
+        values = np.zeros(MOTIF_FEATURE_SIZE, dtype=np.float32)
+        for (start, buckets), count in zip(_MOTIF_BLOCKS, counts[:5] + counts[7:11], strict=True):
+            values[start + min(count, buckets - 1)] = 1.0  # the last bucket of a count collects overflow
+        flags = [counts[5] > 0, counts[6] > 0, counts[12] > 0]  # a halogen, another element, a ring bond
+        values[[_MOTIF_HALOGEN_COLUMN, _MOTIF_HALOGEN_COLUMN + 1, MOTIF_FEATURE_SIZE - 1]] = flags
+        row = values.tobytes()
+        if len(_MOTIF_ROWS) < _KIND_CACHE_SIZE:
+            _MOTIF_ROWS[counts] = row
+    return row
+
+
+def _motif_rows(molecule: _Molecule, groups: Sequence[Sequence[int]]) -> list[bytes]:
+    """The descriptor rows of groups of distinct atoms (see `motif_descriptors`)."""
+    elements = [atom.element for atom in molecule.atoms]
+    groups_of = [0] * len(elements)  # bit i set: the atom is in group i
+    counts: dict[int, list[int]] = {}  # by the group's bit
+    bit = 1
     for group in groups:
-        atoms = set(group)
-        elements, bonds, ring = [0] * 7, [0] * 5, False
-        for atom in atoms:
-            elements[element_columns[atom]] += 1
-            for neighbour, bond in neighbours[atom]:
-                if neighbour > atom and neighbour in atoms:  # a bond of the group (both atoms in it), counted once
-                    bonds[bond_columns[bond]] += 1
-                    ring = ring or bool(in_ring[bond])
-        counts.append(elements[:5] + bonds[:4])
-        flags.append((elements[5] > 0, elements[6] > 0, ring))
-    columns = _MOTIF_BLOCK_STARTS + np.minimum(counts, _MOTIF_BLOCK_BUCKETS - 1)
-    features[np.arange(len(groups))[:, None], columns] = 1.0
-    features[:, _MOTIF_FLAG_COLUMNS] = flags
-    return features
+        group_counts = counts[bit] = [0] * 13
+        for atom in group:
+            groups_of[atom] |= bit
+            group_counts[elements[atom]] += 1
+        bit <<= 1
+    for first, second, bond, in_ring in zip(molecule.begin, molecule.end, molecule.bonds, molecule.bond_in_ring):
+        shared = groups_of[first] & groups_of[second]  # the groups that hold both atoms: the bond is theirs
+        if shared:
+            column = 7 + bond.column
+            while shared:
+                lowest = shared & -shared
+                group_counts = counts[lowest]
+                group_counts[column] += 1
+                if in_ring:
+                    group_counts[12] = 1
+                shared ^= lowest
+    known = _MOTIF_ROWS.get
+    return [known(group_counts) or _motif_row(group_counts) for group_counts in map(tuple, counts.values())]
+
+
+def _motif_matrix(rows: Sequence[bytes], writeable: bool = True) -> np.ndarray:
+    joined = b"".join(rows)
+    return np.ndarray((len(rows), MOTIF_FEATURE_SIZE), dtype=np.float32, buffer=bytearray(joined) if writeable else joined)
 
 
 def motif_descriptors(mol: Chem.Mol, groups: Sequence[Sequence[int]]) -> np.ndarray:
     """[num_groups, 73] float32 one-hot descriptors: counts of C, O, N, P, S atoms, halogen / other-element flags,
     counts of single, double, triple and aromatic bonds inside the group, and whether any of them is a ring bond."""
-    return _motif_matrix(read_molecule(mol), groups)
+    return _motif_matrix(_motif_rows(_read(mol), [set(group) for group in groups]))
 
 
 def featurize_molecule(mol: Chem.Mol) -> MoleculeGraph:
-    """OGB graph and motif descriptors of one sanitized RDKit molecule (RDKit is read once, see `read_molecule`)."""
-    tables = read_molecule(mol)
-    edge_index, edge_features = _bond_graph_arrays(tables)
-    groups = _functional_groups(tables)
+    """OGB graph and motif descriptors of one sanitized RDKit molecule (RDKit is read once, see `_read`)."""
+    return _featurize(mol, writeable=True)
+
+
+def _featurize(mol: Chem.Mol, writeable: bool) -> MoleculeGraph:
+    molecule = _read(mol)
+    node_features, edge_index, edge_features, degrees = _graph_arrays(molecule, writeable)
+    marked_groups, carbon_pairs, pair_rows, ring_systems = _functional_groups(molecule, degrees)
+    rows = _motif_rows(molecule, marked_groups + ring_systems)
+    rows[len(marked_groups) : len(marked_groups)] = pair_rows  # groups: marked, carbon pairs, ring systems
     return MoleculeGraph(
-        node_features=_atom_feature_matrix(tables),
+        node_features=node_features,
         edge_index=edge_index,
         edge_features=edge_features,
-        motif_features=_motif_matrix(tables, groups),
-        motif_atoms=tuple(groups),
+        motif_features=_motif_matrix(rows, writeable),
+        motif_atoms=(*marked_groups, *carbon_pairs, *ring_systems),
     )
 
 
@@ -525,9 +836,10 @@ class _FeaturizationCache:
 
     def put(self, key: tuple, value: tuple[MoleculeGraph | None, str]) -> None:
         graph = value[0]
-        size = len(value[1]) + (0 if graph is None else sum(
-            array.nbytes for array in (graph.node_features, graph.edge_index, graph.edge_features, graph.motif_features)
-        ))  # fmt: skip
+        size = len(value[1])
+        if graph is not None:
+            size += graph.node_features.nbytes + graph.edge_index.nbytes + graph.edge_features.nbytes
+            size += graph.motif_features.nbytes
         if size > self.maxbytes:
             return  # a molecule bigger than the whole budget is not kept
         with self._lock:
@@ -573,11 +885,8 @@ def featurize_smiles(
     cached = _FEATURIZE_CACHE.get(key)
     if cached is not None:
         return cached
-    mol = parse_smiles(smiles, max_length=max_smiles_length, max_atoms=max_atoms)
-    graph = featurize_molecule(mol) if with_graph else None
-    if graph is not None:
-        for array in (graph.node_features, graph.edge_index, graph.edge_features, graph.motif_features):
-            array.flags.writeable = False
+    mol = _parse_checked(text, smiles, max_atoms)  # = parse_smiles, without checking the text twice
+    graph = _featurize(mol, writeable=False) if with_graph else None  # shared by every hit: read-only arrays
     # `max_atoms` keeps `MolToSmiles` (recursive in RDKit) far below the depth that overflows the stack
     result = (graph, prompt_smiles(mol, isomeric=isomeric, max_length=max_length))
     _FEATURIZE_CACHE.put(key, result)
