@@ -94,8 +94,9 @@ def pack(out: pathlib.Path, args: argparse.Namespace, llm: str) -> None:
 
     base = {"name": f"SmolLM2-135M-Instruct ({PACKAGE}=={PACKAGE_VERSION}, Q4_1 GGUF)", "gguf_sha256": GGUF_SHA256,
             "vocab_size": 49152, "license": "apache-2.0"}  # fmt: skip
-    recipe = {"command": "python scripts/train_smollm2.py " + " ".join(args.argv), "seed": args.seed,
-              "batch_size": args.batch_size, "accumulation": args.accumulation, "max_length": args.max_length, "held_out_fraction": HELD_OUT}  # fmt: skip
+    recipe = {"command": f"python scripts/train_smollm2.py --stage1_steps {args.stage1_steps} --stage2_steps {args.stage2_steps} --seed {args.seed}", "seed": args.seed,
+              "batch_size": args.batch_size, "accumulation": args.accumulation, "max_length": args.max_length, "held_out_fraction": HELD_OUT,
+              "notes": args.notes}  # fmt: skip
     graph, nograph = out / "llamo-smollm2", out / "nograph"
     pack_release(
         graph, out / "stage1", ROOT / "weights" / "llamo-smollm2",
@@ -128,9 +129,9 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=320)
     parser.add_argument("--save_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--notes", default="", help="pack: what release.json should say about the run besides its records")
     parser.add_argument("--only", choices=("data", "stage1", "stage2", "nograph", "pack"), default=None)
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
 
     from llamo.smollm2 import ensure_smollm2
 
