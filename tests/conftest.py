@@ -105,3 +105,14 @@ def smollm2_folder(tmp_path_factory) -> pathlib.Path:
     except smollm2.BaseModelError as error:
         pytest.skip(f"the real SmolLM2 is not installed ({error})")
     return smollm2.ensure_smollm2(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that changes torch's thread count (the benchmarks' `main` sets one thread) gives it back: later tests
+    compare this process's logits with a subprocess's bit for bit, and a different thread count sums in another
+    order."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
