@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import random
 import statistics
 import subprocess
 import sys
@@ -52,21 +51,6 @@ def load_smiles(sources: list[str], limit: int | None) -> tuple[list[str], str]:
     if not smiles:  # e.g. a user's clone: the shipped ChEBI-20 extract
         return load_chebi20_smiles(limit or 2000)
     return smiles[:limit], " + ".join(used) + (f", first {limit:,}" if limit else "")
-
-
-def process_time_timings(methods: dict, items: list, chunk_size: int, repeats: int, seed: int = 0) -> dict:
-    """`common.interleaved_timings` (same chunks, same seeded turn order) in CPU time of this process."""
-    names = list(methods)
-    totals = {name: [0.0] * repeats for name in names}
-    chunks = [items[start : start + chunk_size] for start in range(0, len(items), chunk_size)]
-    order = random.Random(seed)
-    for repeat in range(repeats):
-        for chunk in chunks:
-            for name in order.sample(names, len(names)):
-                start = time.process_time()
-                methods[name](chunk)
-                totals[name][repeat] += time.process_time() - start
-    return totals
 
 
 def load_featurization_at(revision: str):
@@ -181,8 +165,8 @@ def main(argv: list[str] | None = None) -> list[Target]:
 
     methods = build_methods(baseline)
     methods[next(iter(methods))](valid[:10])  # warm-up of lazy imports
-    timer = interleaved_timings if args.clock == "wall" else process_time_timings
-    timings = timer(methods, valid, args.chunk_size, args.repeats)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    timings = interleaved_timings(methods, valid, args.chunk_size, args.repeats, clock=clock)
 
     pyg = timings["PyG from_smiles (graph only)"]
     rows = []

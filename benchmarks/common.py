@@ -74,9 +74,15 @@ def machine_description() -> str:
 
 
 def interleaved_timings(
-    methods: dict[str, Callable[[Sequence[Any]], Any]], items: Sequence[Any], chunk_size: int, repeats: int, seed: int = 0
+    methods: dict[str, Callable[[Sequence[Any]], Any]],
+    items: Sequence[Any],
+    chunk_size: int,
+    repeats: int,
+    seed: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Seconds each method takes over all `items`, once per repeat.
+    """Seconds each method takes over all `items`, once per repeat (`clock`: wall time, or `time.process_time` for
+    this process's CPU time).
 
     Within a repeat the items are processed `chunk_size` at a time and the methods take turns on every chunk, in a
     fresh (seeded) random order each time, so a change of machine load falls on all of them alike and no method
@@ -89,9 +95,9 @@ def interleaved_timings(
     for repeat in range(repeats):
         for chunk in chunks:
             for name in order.sample(names, len(names)):
-                start = time.perf_counter()
+                start = clock()
                 methods[name](chunk)
-                totals[name][repeat] += time.perf_counter() - start
+                totals[name][repeat] += clock() - start
     return totals
 
 
