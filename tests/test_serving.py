@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from configuration_llamo import LlamoConfig
+from llamo.builder import CHATML_TRAINING_TEMPLATE
 from llamo.cli import load_model_and_processor
 from llamo.serving.engine import VLLMServer, free_port, vllm_python
 from llamo.serving.export import check_servable, export_for_vllm, extract_language_model, verify_export
@@ -90,9 +91,18 @@ def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(
         assert output[: len(expected)] == expected
 
 
-def test_exported_chat_template_reads_openai_content_parts_like_the_processor(served):
-    _, processor, export_dir = served
+CHATML_LAYOUT = "<|im_start|>system\nYou are a chemist.<|im_end|>\n<|im_start|>user\nName ethanol's formula.<|im_end|>\n"
+LLAMA2_LAYOUT = "<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]"
+
+
+@pytest.mark.parametrize("layout", ["llama2 (LLaMo default)", "chatml (SmolLM2, Qwen)"])
+def test_exported_chat_template_is_the_processors_and_reads_openai_content_parts_like_it(layout, tmp_path):
+    model, processor = build_servable_tiny_llamo(seed=3)
+    if layout.startswith("chatml"):
+        processor.chat_template = CHATML_TRAINING_TEMPLATE.replace("{{ DEFAULT_SYSTEM }}", "")
+    export_dir = export_for_vllm(model, processor, tmp_path / "served")
     tokenizer = AutoTokenizer.from_pretrained(export_dir / "language_model")
+    assert tokenizer.chat_template == processor.chat_template  # one layout on both sides of the engine
     parts = [
         {"role": "system", "content": [{"type": "text", "text": "You are a chemist."}]},
         {"role": "user", "content": [{"type": "text", "text": "Name"}, {"type": "text", "text": "ethanol's formula."}]},
@@ -100,19 +110,12 @@ def test_exported_chat_template_reads_openai_content_parts_like_the_processor(se
         {"role": "user", "content": "Thanks."},
     ]
     strings = [
-        {
-            **message,
-            "content": message["content"]
-            if isinstance(message["content"], str)
-            else " ".join(p["text"] for p in message["content"]),
-        }
+        {**message, "content": message["content"] if isinstance(message["content"], str) else " ".join(p["text"] for p in message["content"])}
         for message in parts
-    ]
+    ]  # fmt: skip
     rendered = tokenizer.apply_chat_template(parts, tokenize=False, add_generation_prompt=True)
     assert rendered == processor.apply_chat_template(strings, tokenize=False, add_generation_prompt=True)
-    assert rendered.startswith(
-        "<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]"
-    )
+    assert rendered.startswith(CHATML_LAYOUT if layout.startswith("chatml") else LLAMA2_LAYOUT)
 
 
 @pytest.mark.parametrize(

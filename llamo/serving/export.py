@@ -4,8 +4,8 @@
 
 writes
     served/language_model/   a plain causal LM of LLaMo's language model and head (`AutoModelForCausalLM`, no remote
-                             code, LoRA merged), with the tokenizer and a chat template that reads the OpenAI content
-                             format: what `vllm.entrypoints.openai.api_server --model` loads
+                             code, LoRA merged), with the tokenizer and the processor's own chat template (it reads
+                             OpenAI text parts as the processor reads text items): what `vllm.entrypoints.openai.api_server --model` loads
     served/frontend/         the processor, the graph encoder, the projector and the input-embedding table: what
                              `LlamoFrontEnd` (client, gateway) needs to turn molecules into prompt embeddings
     served/serving.json      names, dtype and sizes shared by both sides
@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from configuration_llamo import LlamoConfig
 from llamo.cli import load_model_and_processor
 from modeling_llamo import LlamoForConditionalGeneration
-from processing_llamo import DEFAULT_SYSTEM_MESSAGE, LlamoProcessor
+from processing_llamo import LlamoProcessor
 
 from .frontend import LlamoFrontEnd
 
@@ -45,34 +45,6 @@ TRANSFORM_FIELDS = {
     "scale_emb": 1.0,  # MiniCPM
     "mup_width_multiplier": None,
 }
-
-# The Llama-2-chat layout of LLaMo's processor for an engine that receives OpenAI messages: content may be a string
-# or a list of text parts (joined with spaces, as the processor joins its items).
-OPENAI_CHAT_TEMPLATE = (
-    "{%- macro content_text(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{{ content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }}"
-    "{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system_message = content_text(messages[0]['content']) -%}{%- set conversation = messages[1:] -%}"
-    "{%- else -%}"
-    "{%- set system_message = '" + DEFAULT_SYSTEM_MESSAGE + "' -%}{%- set conversation = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in conversation -%}"
-    "{%- if message['role'] == 'user' -%}"
-    "{%- if loop.first -%}"
-    "{{ bos_token }}[INST] <<SYS>>\n{{ system_message }}\n<</SYS>>\n\n{{ content_text(message['content']) | trim }} [/INST]"
-    "{%- else -%}"
-    "{{ bos_token }}[INST] {{ content_text(message['content']) | trim }} [/INST]"
-    "{%- endif -%}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{ ' ' + (content_text(message['content']) | trim) + eos_token }}"
-    "{%- else -%}"
-    "{{ raise_exception('LLaMo conversations have system, user and assistant turns, got: ' + message['role']) }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
 
 PROBE_MESSAGES = [
     {
@@ -161,9 +133,11 @@ def export_for_vllm(
         pad_token_id=model.generation_config.pad_token_id,
     )
     causal.save_pretrained(language_dir)
+    # The engine's tokenizer gets the processor's own template (Llama-2-chat, ChatML, ...): one layout for both sides,
+    # and it reads OpenAI text parts (typed content) as the processor reads its text items.
     tokenizer = processor.tokenizer
     own_template = tokenizer.chat_template
-    tokenizer.chat_template = OPENAI_CHAT_TEMPLATE
+    tokenizer.chat_template = processor.chat_template
     try:
         tokenizer.save_pretrained(language_dir)
     finally:
