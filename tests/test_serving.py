@@ -92,7 +92,9 @@ def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(
 
 
 CHATML_LAYOUT = "<|im_start|>system\nYou are a chemist.<|im_end|>\n<|im_start|>user\nName ethanol's formula.<|im_end|>\n"
-LLAMA2_LAYOUT = "<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]"
+LLAMA2_LAYOUT = (
+    "<s>[INST] <<SYS>>\nYou are a chemist.\n<</SYS>>\n\nName ethanol's formula. [/INST] C2H6O</s><s>[INST] Thanks. [/INST]"
+)
 
 
 @pytest.mark.parametrize("layout", ["llama2 (LLaMo default)", "chatml (SmolLM2, Qwen)"])
