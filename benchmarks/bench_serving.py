@@ -30,9 +30,9 @@ import torch
 
 from llamo.serving.engine import VLLMServer, free_port
 from llamo.serving.export import export_for_vllm
-from llamo.serving.tiny import build_servable_tiny_llamo, serving_conversations
+from llamo.serving.tiny import build_servable_tiny_llamo
 
-from common import ROOT, add_thread_argument, build_small_llamo, format_table, print_header, set_threads
+from common import ROOT, add_thread_argument, build_small_llamo, format_table, print_header, serving_conversations, set_threads
 
 
 def percentile(values: list[float], fraction: float) -> float:

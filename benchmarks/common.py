@@ -364,3 +364,50 @@ def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4, bf16:
             optimizer.step()
 
     return step
+
+
+# Molecules and questions of the serving test and benchmark: small drugs, salts, charges, a single atom.
+SERVING_SMILES = (
+    "CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C", "CC(C)Cc1ccc(cc1)C(C)C(=O)O", "CC(=O)Nc1ccc(O)cc1",
+    "C", "c1ccccc1", "[Na+].[Cl-]", "C[C@@H]([NH3+])C(=O)[O-]", "OCC(O)CO", "CCN(CC)CC", "O=C=O", "CC#N",
+    "c1ccc2ccccc2c1", "C1CCCCC1", "CC(C)(C)O", "NC(=O)N", "OC(=O)CCC(=O)O", "CCOC(=O)C", "c1ccncc1", "C=CC=C",
+    "CS(C)=O", "ClC(Cl)Cl", "OC1=CC=CC=C1", "CC(=O)C", "N#Cc1ccccc1", "O=S(=O)(O)O", "CCCCCCCC", "c1ccsc1",
+    "CN(C)C=O", "OC(=O)c1ccccc1O", "C1=CC=C(C=C1)N", "N.N.Cl[Pt]Cl",
+)  # fmt: skip
+SERVING_QUESTIONS = (
+    "Describe this molecule.", "What is the IUPAC name of this molecule?", "Is this molecule soluble in water?",
+    "List its functional groups.", "Which of these molecules is larger?", "Compare these two molecules.",
+)  # fmt: skip
+
+
+def serving_conversations(count: int) -> list[list[dict]]:
+    """`count` distinct conversations with one or two molecules each; every fifth is multi-turn (a molecule in
+    each user turn, an assistant answer between them)."""
+    conversations = []
+    for index in range(count):
+        first = SERVING_SMILES[index % len(SERVING_SMILES)]
+        second = SERVING_SMILES[(7 * index + 3) % len(SERVING_SMILES)]
+        question = SERVING_QUESTIONS[index % len(SERVING_QUESTIONS)]
+        if index % 5 == 4:
+            conversations.append(
+                [
+                    {"role": "user", "content": [{"type": "molecule", "smiles": first}, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": "It is a small organic molecule."},
+                    {
+                        "role": "user",
+                        "content": [{"type": "text", "text": "And this one?"}, {"type": "molecule", "smiles": second}],
+                    },
+                ]
+            )
+        elif index % 2:
+            content = [
+                {"type": "molecule", "smiles": first},
+                {"type": "molecule", "smiles": second},
+                {"type": "text", "text": question},
+            ]
+            conversations.append([{"role": "user", "content": content}])
+        else:
+            conversations.append(
+                [{"role": "user", "content": [{"type": "molecule", "smiles": first}, {"type": "text", "text": question}]}]
+            )
+    return conversations

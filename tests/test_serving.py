@@ -28,7 +28,9 @@ from llamo.serving.engine import VLLMServer, free_port, vllm_python
 from llamo.serving.export import check_servable, export_for_vllm, extract_language_model, verify_export
 from llamo.serving.frontend import LlamoFrontEnd
 from llamo.serving.gateway import create_app
-from llamo.serving.tiny import build_servable_tiny_llamo, serving_conversations
+from llamo.serving.tiny import build_servable_tiny_llamo
+
+from common import serving_conversations  # benchmarks/ is on sys.path (conftest.py)
 
 
 MAX_NEW_TOKENS = 24
