@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from configuration_llamo import LlamoConfig
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
 
+from ..builder import build_llamo_from_config
 from ..tiny import TINY_GRAPH_CONFIG, load_tiny_tokenizer, tiny_llama_config
 
 
@@ -14,16 +14,9 @@ SERVABLE_TEXT_OVERRIDES = dict(num_attention_heads=2, num_key_value_heads=1, hea
 
 
 def build_servable_tiny_llamo(seed: int = 0, **overrides) -> tuple[LlamoForConditionalGeneration, LlamoProcessor]:
-    """Randomly initialized tiny LLaMo (fp32, `seed` fixes the weights) with a vLLM-compatible head size."""
-    import torch
-
+    """`llamo.tiny.build_tiny_llamo` with a vLLM-compatible head size: randomly initialized (fp32, `seed` fixes the
+    weights, eval mode); keyword arguments override graph / projector fields."""
     tokenizer = load_tiny_tokenizer()
     text_config = tiny_llama_config(tokenizer, **SERVABLE_TEXT_OVERRIDES)
-    config = LlamoConfig(
-        text_config=text_config, graph_token_id=tokenizer.convert_tokens_to_ids("<graph>"), **{**TINY_GRAPH_CONFIG, **overrides}
-    )
-    torch.manual_seed(seed)
-    model = LlamoForConditionalGeneration(config).eval()
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    return model, LlamoProcessor(tokenizer=tokenizer, num_graph_tokens=config.num_graph_tokens)
+    model, processor = build_llamo_from_config(text_config, tokenizer, seed=seed, **{**TINY_GRAPH_CONFIG, **overrides})
+    return model.eval(), processor
