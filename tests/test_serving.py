@@ -245,6 +245,164 @@ def test_gateway_sends_the_engine_only_its_own_body_with_the_frontends_embedding
     assert torch.equal(tensor, frontend.prompt_embeddings(messages).embeddings)
 
 
+class ScriptedEngine(httpx.AsyncBaseTransport):
+    """Answers each request with `respond(request)` (an `httpx.Response`, or an exception to raise) and records
+    (method, path, JSON body or None)."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.requests: list[tuple[str, str, dict | None]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        content = await request.aread()
+        self.requests.append((request.method, request.url.path, json.loads(content) if content else None))
+        answer = self.respond(request)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def sse(*events) -> bytes:
+    return "".join(f"data: {json.dumps(event) if isinstance(event, dict) else event}\n\n" for event in events).encode()
+
+
+def test_gateway_routes_status_codes_and_error_bodies(served):
+    model, processor, _ = served
+    frontend = LlamoFrontEnd.from_llamo(model, processor)
+    messages = serving_conversations(1)[0]
+    completion = {
+        "choices": [{"text": "?", "finish_reason": "stop", "token_ids": [7, 2]}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 2},
+    }
+    engine = ScriptedEngine(lambda request: httpx.Response(200, json={} if request.method == "GET" else completion))
+    with TestClient(create_app(frontend, "http://engine/", served_model_name="tiny", transport=engine)) as gateway:
+        assert gateway.get("/v1/models").json() == {
+            "object": "list",
+            "data": [{"id": "tiny", "object": "model", "owned_by": "llamo"}],
+        }
+        health = gateway.get("/health")
+        assert (health.status_code, health.json()) == (200, {"gateway": "ok", "engine": "ok"})
+        assert engine.requests[-1] == ("GET", "/health", None)
+
+        response = gateway.post("/v1/chat/completions", json={"messages": messages, "n": 2})
+        assert (response.status_code, response.json()) == (
+            400,
+            {"error": {"message": "n must be 1: send one request per sample", "type": "invalid_request_error", "code": 400}},
+        )
+        response = gateway.post("/v1/chat/completions", json={"messages": messages, "model": "llamo"})
+        assert (response.status_code, response.json()) == (
+            404,
+            {
+                "error": {
+                    "message": "model 'llamo' is not served here; this gateway serves 'tiny'",
+                    "type": "not_found_error",
+                    "code": 404,
+                }
+            },
+        )
+        response = gateway.post("/v1/chat/completions", json={"model": "tiny"})  # no messages
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+        assert response.json()["error"]["message"].startswith("invalid request body: ")
+        assert [method for method, _, _ in engine.requests] == ["GET"]  # none of these reached the engine
+
+        request = {"messages": messages, "model": "tiny", "max_completion_tokens": 3, "top_k": 5, "user": "someone"}
+        response = gateway.post("/v1/chat/completions", json=request)
+        assert response.status_code == 200
+        answer = response.json()
+        assert answer["id"].startswith("chatcmpl-") and isinstance(answer["created"], int)
+        assert {key: answer[key] for key in ("object", "model", "choices", "usage")} == {
+            "object": "chat.completion",
+            "model": "tiny",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": processor.decode([7, 2], skip_special_tokens=True)},
+                    "finish_reason": "stop",
+                    "token_ids": [7, 2],
+                }
+            ],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+        }
+        method, path, sent = engine.requests[-1]
+        assert (method, path) == ("POST", "/v1/completions")
+        assert {key: value for key, value in sent.items() if key != "prompt_embeds"} == {
+            "model": "tiny",
+            "stream": False,
+            "max_tokens": 3,
+            "top_k": 5,
+            "return_token_ids": True,
+        }
+
+    def engine_error(request):
+        if request.method == "GET":
+            return httpx.ConnectError("refused")
+        return httpx.Response(503, json={"error": {"message": "overloaded"}})
+
+    with TestClient(create_app(frontend, "http://engine", transport=ScriptedEngine(engine_error))) as gateway:
+        health = gateway.get("/health")
+        assert (health.status_code, health.json()) == (503, {"gateway": "ok", "engine": "unavailable"})
+        response = gateway.post("/v1/chat/completions", json={"messages": messages})
+        assert (response.status_code, response.json()["error"]) == (
+            503,
+            {"message": "vLLM answered 503: overloaded", "type": "engine_error", "code": 503},
+        )
+    unreachable = ScriptedEngine(lambda request: httpx.ConnectError("refused"))
+    with TestClient(create_app(frontend, "http://engine", transport=unreachable)) as gateway:
+        response = gateway.post("/v1/chat/completions", json={"messages": messages})
+        assert response.status_code == 502
+        assert response.json()["error"] == {
+            "message": "the vLLM server did not answer: ConnectError('refused')",
+            "type": "engine_unavailable",
+            "code": 502,
+        }
+
+
+def test_gateway_streams_openai_chunks_and_completes_the_last_piece_from_the_ids(served):
+    model, processor, _ = served
+    frontend = LlamoFrontEnd.from_llamo(model, processor)
+    messages = serving_conversations(1)[0]
+    ids = processor.tokenizer("Describe ethanol", add_special_tokens=False)["input_ids"]
+    usage = {"prompt_tokens": 9, "completion_tokens": len(ids)}
+    engine_chunks = sse(
+        {"choices": [{"text": "Describe", "token_ids": ids[:1], "finish_reason": None}]},
+        {"choices": [{"text": "", "token_ids": [], "finish_reason": None}]},  # nothing to pass on
+        # the engine held back the bytes of an unfinished character: the ids complete the text
+        {"choices": [{"text": " eth", "token_ids": ids[1:], "finish_reason": "length"}]},
+        {"choices": [], "usage": usage},
+        "[DONE]",
+    )
+    engine = ScriptedEngine(lambda request: httpx.Response(200, content=engine_chunks))
+    with TestClient(create_app(frontend, "http://engine", transport=engine)) as gateway:
+        response = gateway.post("/v1/chat/completions", json={"messages": messages, "stream": True, "max_tokens": 4})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    assert processor.decode(ids, skip_special_tokens=True) == "Describe ethanol"
+    events = response.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(event[len("data: ") :]) for event in events[:-2]]
+    assert len({(chunk["id"], chunk["created"]) for chunk in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert all(chunk["object"] == "chat.completion.chunk" and chunk["model"] == "llamo" for chunk in chunks)
+    assert [{key: chunk[key] for key in chunk if key in ("choices", "usage")} for chunk in chunks] == [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": "Describe"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {"content": " ethanol"}, "finish_reason": "length"}]},
+        {"choices": [], "usage": usage},
+    ]
+    ((method, path, sent),) = engine.requests
+    assert (method, path, sent["stream"], sent["stream_options"]) == ("POST", "/v1/completions", True, {"include_usage": True})
+
+    failing = ScriptedEngine(lambda request: httpx.Response(500, json={"error": {"message": "boom"}}))
+    with TestClient(create_app(frontend, "http://engine", transport=failing)) as gateway:
+        response = gateway.post("/v1/chat/completions", json={"messages": messages, "stream": True})
+    assert response.status_code == 200  # headers were sent before the engine answered: the error is in the stream
+    events = response.text.split("\n\n")
+    assert events[1:] == [
+        'data: {"error": {"message": "vLLM answered 500: boom", "type": "engine_error"}}',
+        "data: [DONE]",
+        "",
+    ]
+    assert json.loads(events[0][len("data: ") :])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+
+
 def test_answer_text_decodes_the_ids_unless_a_stop_string_cut_the_answer(served):
     from llamo.serving.client import LlamoVLLMClient
 
