@@ -126,9 +126,10 @@ def precision(bf16: bool) -> str:
     return "bf16 autocast, fp32 weights" if bf16 else "fp32"
 
 
-# train_sft.py is a script, not importable here (tests/test_layout.py); tests/test_benchmarks.py checks that these
-# two give what its `set_trainable` and `lora_config` give for `--lora_r 16 --lora_alpha 32 --lora_dropout 0.05
-# --lora_target_modules all-linear --train_graph_encoder`, as scripts/train_smollm2.py runs stage 2.
+# The two stages as train_sft.py trains them, written out here rather than imported from `llamo.sft`;
+# tests/test_benchmarks.py checks that these two give what its `set_trainable` and `lora_config` give for
+# `--lora_r 16 --lora_alpha 32 --lora_dropout 0.05 --lora_target_modules all-linear --train_graph_encoder`, as
+# scripts/train_smollm2.py runs stage 2.
 def stage_lora_config(llamo) -> LoraConfig:
     """Stage 2's LoRA: every linear layer of the language model; the projector and the GIN trained fully (saved)."""
     from llamo.builder import lora_target_regex

@@ -78,7 +78,7 @@ def training_argv(args, stage: int, output_dir: pathlib.Path, attention: str, so
 def run_stage(argv: list[str], name: str, launcher: list[str] | None = None, env: dict | None = None) -> dict:
     """One `train_sft.py` run in its own process (as a user runs it); its timing from `training_summary.json`."""
     output_dir = pathlib.Path(argv[argv.index("--output_dir") + 1])
-    command = [*(launcher or [sys.executable]), "-m", "train_sft", *argv]
+    command = [*(launcher or [sys.executable]), str(ROOT / "train_sft.py"), *argv]
     subprocess.run(command, check=True, env=env, cwd=ROOT)
     result = {"run": name, **json.loads((output_dir / "training_summary.json").read_text())["timing"]}
     print_result(result)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from llamo.collator import LlamoDataCollator  # noqa: E402
 from llamo.data import DataSource, encode_dataset, load_mixture  # noqa: E402
 from llamo.saving import engine_of, save_final_model  # noqa: E402
-from train_sft import LlamoModelConfig, load_model, lora_config, set_trainable  # noqa: E402
+from llamo.sft import LlamoModelConfig, load_model, lora_config, set_trainable  # noqa: E402
 
 
 def shard(model: torch.nn.Module) -> list[str]:

@@ -26,9 +26,9 @@ from trl.trainer.utils import add_fused_lm_head
 import modeling_llamo
 from llamo.builder import FidelityError, build_llamo, fidelity_token_batch, lora_target_regex
 from llamo.instructions import generate_examples
+from llamo.sft import main as train
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import DEFAULT_CHAT_TEMPLATE, LlamoProcessor
-from train_sft import main as train
 
 
 SELECTED = [f for f in FAMILIES if not os.environ.get("LLAMO_BACKBONES") or f.name in os.environ["LLAMO_BACKBONES"].split(",")]

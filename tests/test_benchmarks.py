@@ -119,15 +119,15 @@ def test_llm_training_peak_rss_of_one_side_runs_in_its_own_process(tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_llm_training_stages_train_what_train_sft_trains(stage):
-    """bench_training's stages (it cannot import the train_sft.py script) = train_sft.py's `set_trainable` and
+    """bench_training's stages (written out there, not imported) = train_sft.py's (`llamo.sft`) `set_trainable` and
     `lora_config` with scripts/train_smollm2.py's LoRA arguments: the same LoRA config, the same trainable tensors."""
     import bench_training
     from peft import get_peft_model
 
-    import train_sft
+    from llamo import sft
     from llamo.tiny import build_tiny_llamo
 
-    arguments = train_sft.LlamoModelConfig(
+    arguments = sft.LlamoModelConfig(
         stage=stage,
         lora_r=16,
         lora_alpha=32,
@@ -136,10 +136,10 @@ def test_llm_training_stages_train_what_train_sft_trains(stage):
         train_graph_encoder=stage == 2,
     )
     theirs, _ = build_tiny_llamo(seed=0)
-    train_sft.set_trainable(theirs, arguments)
+    sft.set_trainable(theirs, arguments)
     ours, _ = build_tiny_llamo(seed=0)
     if stage == 2:
-        config = train_sft.lora_config(theirs, arguments)
+        config = sft.lora_config(theirs, arguments)
         assert bench_training.stage_lora_config(ours).to_dict() == config.to_dict()
         theirs = get_peft_model(theirs, config)
     ours = bench_training.llamo_for_stage(ours, stage)

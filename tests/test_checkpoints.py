@@ -96,8 +96,8 @@ def facts_file(tmp_path_factory) -> str:
 
 
 def test_training_resumes_from_the_last_complete_checkpoint_bit_exactly(tmp_path, facts_file):
+    from llamo.sft import main as train
     from modeling_llamo import LlamoForConditionalGeneration
-    from train_sft import main as train
 
     argv = ["--stage", "1", "--datasets", facts_file, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
             "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_train_samples", "24"]  # fmt: skip

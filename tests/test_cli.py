@@ -53,7 +53,7 @@ def test_the_tools_load_a_model_folder_and_an_adapter_folder_over_its_base(tiny_
 
 
 def test_train_sft_reports_a_missing_init_folder_before_any_hub_call(tmp_path):
-    from train_sft import main as train
+    from llamo.sft import main as train
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"smiles": "CCO", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}\n')

@@ -19,9 +19,9 @@ from transformers import LlamaConfig, OPTConfig, Qwen2Config
 
 from configuration_llamo import LlamoConfig
 from llamo import saving
+from llamo.sft import make_parser
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import make_parser
 
 
 LAUNCHERS = ("python", "python3", "accelerate", "torchrun", "llamo-train")
@@ -52,7 +52,7 @@ def documented_commands(pages: tuple[pathlib.Path, ...] = DOC_PAGES) -> list[lis
 
 
 def parse_training_arguments(argv: list[str]):
-    """Exactly how train_sft.main parses its command line."""
+    """Exactly how train_sft.py (llamo.sft.main) parses its command line."""
     return make_parser().parse_args_and_config(argv)
 
 

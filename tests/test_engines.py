@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llamo.instructions import generate_examples
+from llamo.sft import main as train
 from llamo.tiny import TINY_TEXT_CONFIG, load_tiny_tokenizer
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import main as train
 
 
 deepspeed = pytest.importorskip("deepspeed", reason="the engine tests need `pip install -e .[deepspeed]`")

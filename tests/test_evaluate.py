@@ -12,7 +12,7 @@ from llamo.baselines import MorganRetrieval, TrainMean
 from llamo.data import PROPERTY_INSTRUCTIONS
 from llamo.evaluation import Example, question_kind, score
 from llamo.evaluation import main as evaluate_main
-from train_sft import main as train
+from llamo.sft import main as train
 
 
 def example(index: int, task: str, smiles: str, question: str, reference: str) -> Example:

@@ -13,10 +13,10 @@ from configuration_llamo import LlamoConfig
 from llamo.collator import LlamoDataCollator
 from llamo.data import encode_conversation
 from llamo.evaluation import Example, donor_molecules, graph_reliance, replace_graph_tokens, score
+from llamo.sft import main as train
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
-from train_sft import main as train
 
 
 QUESTION = "How many heavy atoms does this molecule have?"

@@ -18,10 +18,10 @@ from transformers import LlamaForCausalLM
 from llamo.builder import build_llamo
 from llamo.instructions import generate_examples
 from llamo.saving import full_state_dict, make_inference_ready, rebuild_model
+from llamo.sft import LlamoModelConfig, load_model
+from llamo.sft import main as train
 from llamo.tiny import build_tiny_llamo, load_tiny_tokenizer, tiny_llama_config
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import LlamoModelConfig, load_model
-from train_sft import main as train
 
 
 NEW_TOKENS = 12

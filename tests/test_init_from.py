@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from conftest import MOLECULES
 
+from llamo.sft import LlamoModelConfig, load_model
 from processing_llamo import LlamoProcessor
-from train_sft import LlamoModelConfig, load_model
 
 
 def test_init_from_loads_the_local_classes_without_executing_the_folders_code(tmp_path, tiny, capfd):

@@ -29,7 +29,7 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
         "pipeline_llamo.py",
         "modeling_llamo.py",
         "projectors_llamo.py",
-        "train_sft.py",
+        "llamo/sft.py",
     } <= names
     site = tmp_path / "site"
     subprocess.run(
@@ -38,9 +38,9 @@ def test_installed_wheel_ships_the_tokenizer_and_builds_the_tiny_model(tmp_path)
         capture_output=True,
     )
     code = (
-        "import llamo.tiny, train_sft\n"
+        "import llamo.sft, llamo.tiny\n"
         "assert llamo.tiny.__file__.startswith(sys.argv[1]), llamo.tiny.__file__\n"
-        "model, processor = train_sft.load_model(train_sft.LlamoModelConfig())\n"  # the default --llm: the tiny model
+        "model, processor = llamo.sft.load_model(llamo.sft.LlamoModelConfig())\n"  # the default --llm: the tiny model
         "print(type(model).__name__, len(processor.tokenizer))"
     )
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}

@@ -58,7 +58,7 @@ def test_quantized_loading_keeps_the_graph_side_unquantized_and_generates(folder
 
 def test_train_sft_load_in_4bit_runs_a_stage2_qlora_step(folder, tmp_path):
     from llamo.instructions import generate_examples
-    from train_sft import main as train
+    from llamo.sft import main as train
 
     data = tmp_path / "facts.jsonl"
     data.write_text(

@@ -33,10 +33,10 @@ from llamo.release import (
     pack_release,
     read_release,
 )
+from llamo.sft import main as train
 from llamo.smollm2 import MARKER
 from llamo.tiny import TOKENIZER_DIR, tiny_llama_config
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import main as train
 
 
 CHATML_TEMPLATE = (

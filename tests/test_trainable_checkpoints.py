@@ -1,4 +1,4 @@
-"""Checkpoints of the trained part only (`llamo.checkpoints`, `train_sft.LlamoSFTTrainer._save` /
+"""Checkpoints of the trained part only (`llamo.checkpoints`, `llamo.sft.LlamoSFTTrainer._save` /
 `_load_from_checkpoint`): stage 1 writes the graph side, not the frozen LLM, and a run stopped at a checkpoint and
 resumed ends where the uninterrupted run ends; stage 2's PEFT checkpoints hold the adapter and its modules to save."""
 
@@ -23,9 +23,9 @@ from llamo.checkpoints import (
     write_trainable_marker,
 )
 from llamo.instructions import generate_examples
+from llamo.sft import main as train
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import main as train
 
 
 GRAPH_SIDE = ("model.graph_encoder.", "model.projector.")

@@ -15,9 +15,9 @@ from huggingface_hub import ModelCard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llamo.instructions import generate_examples
+from llamo.sft import main as train
 from llamo.tiny import TINY_TEXT_CONFIG, build_tiny_llamo, load_tiny_tokenizer
 from modeling_llamo import LlamoForConditionalGeneration
-from train_sft import main as train
 
 
 FAST = ["--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_train_samples", "24", "--logging_steps", "1"]
@@ -157,7 +157,7 @@ def test_bad_rows_are_reported_in_the_summary(tmp_path, facts_file):
 KILL_AT_STEP = """
 import os, signal, sys
 from transformers import TrainerCallback
-from train_sft import main
+from llamo.sft import main
 
 class KillAfterCheckpoint(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
@@ -192,7 +192,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tmp_path, stage1_folder, f
 RANK_CHECKSUMS = """
 import sys, torch
 from transformers import TrainerCallback
-from train_sft import main
+from llamo.sft import main
 
 class WriteWeights(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -230,7 +230,7 @@ def test_building_around_a_saved_causal_lm_keeps_its_weights(tmp_path):
     llm.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
 
-    from train_sft import LlamoModelConfig, load_model
+    from llamo.sft import LlamoModelConfig, load_model
 
     model, processor = load_model(
         LlamoModelConfig(model_name_or_path=str(tmp_path / "llm"), config_overrides="gnn_hidden_size=32,projector_mlp_depth=2")
@@ -286,7 +286,7 @@ def test_model_flags_are_trls_model_config(tmp_path):
     `--llm` is another name for `--model_name_or_path`; the LoRA config comes from TRL's `get_peft_config`."""
     from trl import ModelConfig
 
-    from train_sft import lora_config, make_parser
+    from llamo.sft import lora_config, make_parser
 
     def parse(*argv):
         return make_parser().parse_args_and_config([*argv, "--output_dir", str(tmp_path)])[0]
@@ -309,7 +309,7 @@ def test_model_flags_are_trls_model_config(tmp_path):
 
 def test_push_to_hub_sends_the_merged_model_and_llamos_card(tmp_path, stage1_folder, facts_file, monkeypatch):
     """The upload itself is huggingface_hub's (no network here): check what the trainer would upload."""
-    import train_sft
+    from llamo import sft
 
     pushed = {}
 
@@ -317,8 +317,8 @@ def test_push_to_hub_sends_the_merged_model_and_llamos_card(tmp_path, stage1_fol
         self.create_model_card()
         pushed.update(model=type(self.model).__name__, card=ModelCard.load(pathlib.Path(self.args.output_dir) / "README.md"))
 
-    monkeypatch.setattr(train_sft.LlamoSFTTrainer, "init_hf_repo", lambda self, **kwargs: None)
-    monkeypatch.setattr(train_sft.LlamoSFTTrainer, "push_to_hub", record_push)
+    monkeypatch.setattr(sft.LlamoSFTTrainer, "init_hf_repo", lambda self, **kwargs: None)
+    monkeypatch.setattr(sft.LlamoSFTTrainer, "push_to_hub", record_push)
     train(["--stage", "2", "--init_from", str(stage1_folder), "--datasets", facts_file, "--output_dir", str(tmp_path),
            "--max_steps", "1", "--save_strategy", "no", "--push_to_hub", "--hub_model_id", "someone/llamo-test", *FAST])  # fmt: skip
     assert pushed["model"] == "LlamoForConditionalGeneration"  # merged, not the PEFT wrapper
