@@ -12,6 +12,7 @@ per module (see docs/architecture.md):
 | `llamo.examples` | evaluation examples (`Example`, `question_kind`, loading), shared by evaluation and baselines |
 | `llamo.metrics` | metric families: text, names, numbers, molecules, exact match (`METRIC_FAMILIES`) |
 | `llamo.baselines` | answers without a language model (retrieval, most common / mean) |
+| `llamo.sft` | the two-stage training recipe on TRL's `SFTTrainer` (`train_sft.py`, `llamo-train`) |
 | `llamo.evaluation` | the evaluation runner (`llamo-eval`) |
 | `llamo.attention` | the projector's attention mapped onto atoms, pictures (`llamo-attention`) |
 | `llamo.tiny` | a tiny LLaMo for CPUs and its shipped tokenizer (`llamo-tiny`) |
