@@ -508,3 +508,53 @@ def test_gateway_over_vllm_rejects_an_invalid_smiles_with_400(gateway_url):
     response = httpx.post(f"{gateway_url}/v1/chat/completions", json={"messages": bad}, timeout=60)
     assert response.status_code == 400
     assert "molecule 0" in response.json()["error"]["message"]
+
+
+# --- the real LLaMo-SmolLM2 (the shipped weights around the registry's SmolLM2) ---
+
+
+@pytest.fixture(scope="module")
+def served_smollm2(smollm2_folder, tmp_path_factory):
+    from llamo.release import DEFAULT_RELEASE, RELEASE_FILE, assemble_release
+
+    if not (DEFAULT_RELEASE / RELEASE_FILE).is_file():
+        pytest.skip(f"needs the shipped weights {DEFAULT_RELEASE / RELEASE_FILE}")
+    model, processor = assemble_release(DEFAULT_RELEASE, output_dir=None, llm=smollm2_folder)
+    export_dir = export_for_vllm(model.float().eval(), processor, tmp_path_factory.mktemp("served-smollm2"))
+    return model, processor, export_dir
+
+
+def test_the_real_llamo_smollm2_exports_as_a_plain_chatml_llama_with_generates_answers(served_smollm2):
+    model, processor, export_dir = served_smollm2
+    causal = AutoModelForCausalLM.from_pretrained(export_dir / "language_model")
+    tokenizer = AutoTokenizer.from_pretrained(export_dir / "language_model")
+    assert type(causal) is LlamaForCausalLM and causal.config.num_hidden_layers == 30 and causal.config.tie_word_embeddings
+    assert tokenizer.chat_template == processor.chat_template and "<|im_start|>" in tokenizer.chat_template
+    frontend = LlamoFrontEnd.from_pretrained(export_dir / "frontend")
+    for messages in serving_conversations(3):  # one molecule, two molecules, multi-turn
+        prompt = frontend.prompt_embeddings(messages)
+        output = causal.generate(
+            inputs_embeds=prompt.embeddings[None], attention_mask=torch.ones(1, len(prompt.input_ids), dtype=torch.long),
+            max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+        )[0].tolist()  # fmt: skip
+        expected = generate_ids(model, processor, messages)
+        assert output[: len(expected)] == expected
+
+
+def test_vllm_serves_the_real_llamo_smollm2_with_generates_greedy_answers(served_smollm2, tmp_path):
+    from llamo.serving.client import LlamoVLLMClient
+
+    if not vllm_python().exists():
+        if SERVING_REQUIRED:
+            pytest.fail(f"no vLLM environment at {vllm_python().parent.parent}; LLAMO_SERVING_TESTS=1 requires it")
+        pytest.skip(f"no vLLM environment at {vllm_python().parent.parent} (bash scripts/install_vllm.sh)")
+    model, processor, export_dir = served_smollm2
+    conversations = serving_conversations(8)
+    with VLLMServer(export_dir, log_path=tmp_path / "server.log", max_model_len=1024) as server:
+        client = LlamoVLLMClient(export_dir / "frontend", base_url=server.url)
+        answers = client.complete_batch(conversations, concurrency=8, max_tokens=MAX_NEW_TOKENS, temperature=0)
+    expected = [generate_ids(model, processor, c) for c in conversations]
+    got = [answer.token_ids for answer in answers]
+    same = sum(g == e for g, e in zip(got, expected))
+    assert same == len(conversations), f"{same}/{len(conversations)} identical: {list(zip(got, expected))}"
+    assert [answer.text for answer in answers] == [processor.decode(ids, skip_special_tokens=True) for ids in expected]
