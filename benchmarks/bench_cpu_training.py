@@ -66,20 +66,23 @@ def worker(args: argparse.Namespace) -> None:
         step(index % len(batches))
         seconds.append(time.perf_counter() - start)
         counted.append(tokens[index % len(batches)])
-    print(json.dumps({"warm_up_s": warm_up, "step_s": seconds, "tokens": counted}), flush=True)
+    setting = {"bf16": args.bf16, "compiled": args.compile, "mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+    print(json.dumps({"warm_up_s": warm_up, "step_s": seconds, "tokens": counted, "setting": setting}), flush=True)
 
 
 def run_setting(args: argparse.Namespace, name: str) -> dict:
     environment, flags = SETTINGS[name]
     command = [sys.executable, __file__, "--worker", "--llm", args.llm, "--steps", str(args.steps),
                "--threads", str(args.threads), *flags]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **environment})
+    inherited = {key: value for key, value in os.environ.items() if key not in MALLOC}  # only the setting decides
+    result = subprocess.run(command, capture_output=True, text=True, env={**inherited, **environment})
     if result.returncode != 0:
         raise RuntimeError(f"setting {name!r} failed (exit status {result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
+    """Runs the settings; returns each one's worker results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per setting and round (after 2 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=1)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
     if args.worker:
         worker(args)
-        return
+        return {}
     print_header(
         "CPU training throughput: the LLaMo-SmolLM2 recipe step, setting by setting",
         "python benchmarks/bench_cpu_training.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print(format_table(["setting", "2 warm-up steps (s)", "step (s)", "tokens/s", f"vs {args.settings[0]}"], rows))
     print(f"\nstage-2 step of the recipe around {args.llm}, 8 ChEBI-20 examples per step, data path included; "
           f"{args.steps} timed steps x {args.rounds} round(s) per setting; torch threads {args.threads}.")  # fmt: skip
+    return runs
 
 
 if __name__ == "__main__":

@@ -101,6 +101,19 @@ def test_llm_option_runs_both_benchmarks_around_a_saved_llm(tmp_path):
     assert end_to_end.limit == 1.05
 
 
+def test_cpu_training_settings_each_run_in_their_own_process_with_their_environment(tmp_path):
+    """bench_cpu_training: a worker process per setting, the malloc thresholds in its environment only where the
+    setting says so, bf16 autocast and torch.compile as named (no timing checked)."""
+    import bench_cpu_training
+
+    llm = save_tiny_llm(tmp_path / "llm")
+    runs = bench_cpu_training.main(["--llm", llm, "--steps", "1", "--threads", "1", "--settings", "fp32", "bf16+malloc+compile"])
+    assert list(runs) == ["fp32", "bf16+malloc+compile"]
+    assert runs["fp32"][0]["setting"] == {"bf16": False, "compiled": False, "mmap_threshold": None}
+    assert runs["bf16+malloc+compile"][0]["setting"] == {"bf16": True, "compiled": True, "mmap_threshold": str(1 << 34)}
+    assert all(run[0]["tokens"][0] > 0 and run[0]["step_s"][0] > 0 for run in runs.values())
+
+
 def test_llm_training_peak_rss_of_one_side_runs_in_its_own_process(tmp_path):
     """The peak-RSS run of a side: a new process under peak_rss.py; RSS after the build <= the steps' peak <= the
     process's peak."""
