@@ -66,6 +66,12 @@ class GraphInput:
             return (-1, self.num_columns(config))
         return (2, -1) if self.kind == "edge_index" else (-1,)
 
+    @property
+    def required(self) -> bool:
+        """Whether every set of graph inputs holds it: all but the motif inputs (`MOTIF_INPUT_NAMES`), which only the
+        motif-reading projectors read."""
+        return self.element != "motif"
+
 
 _SCHEMA_DEFAULTS = {
     "atom_feature_vocab_sizes": ATOM_FEATURE_VOCAB_SIZES,

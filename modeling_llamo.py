@@ -35,9 +35,21 @@ except ImportError as error:
     raise ImportError("LLaMo's graph encoder needs torch_geometric: `pip install torch-geometric`.") from error
 
 try:  # loaded as remote code (a package next to the weights)
-    from .configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
+    from .configuration_llamo import (
+        GRAPH_INPUT_NAMES,
+        GRAPH_INPUTS,
+        GraphInput,
+        LlamoConfig,
+        num_molecules,
+    )
 except ImportError:  # imported as a plain module from the repository root
-    from configuration_llamo import GRAPH_INPUT_NAMES, GRAPH_INPUTS, LlamoConfig, num_molecules
+    from configuration_llamo import (
+        GRAPH_INPUT_NAMES,
+        GRAPH_INPUTS,
+        GraphInput,
+        LlamoConfig,
+        num_molecules,
+    )
 
 
 try:  # loaded as remote code (a package next to the weights)
@@ -304,21 +316,30 @@ def select_graph_molecules(graph_inputs: dict[str, torch.Tensor], molecule_index
     return selected
 
 
-_INTEGER_GRAPH_INPUTS = (
-    "graph_node_features",
-    "graph_edge_index",
-    "graph_edge_features",
-    "graph_node_batch",
-    "graph_motif_batch",
-)
-_GRAPH_INPUT_SHAPES = {
-    "graph_node_features": "(num_atoms, 9)", "graph_edge_index": "(2, num_edges)", "graph_edge_features": "(num_edges, 3)",
-    "graph_node_batch": "(num_atoms,)", "graph_motif_features": "(num_motifs, 73)", "graph_motif_batch": "(num_motifs,)",
-}  # fmt: skip
 _BUILD_INPUTS_HINT = (
     "Build the inputs with LlamoProcessor -- processor(text=..., smiles=...) or processor.apply_chat_template(messages, "
     "tokenize=True, return_dict=True, return_tensors='pt') -- and pass all of them: model(**inputs) / model.generate(**inputs)."
 )
+# How `check_graph_inputs` words the `GRAPH_INPUTS` schema: each element's count, each kind's shape, each dtype.
+_ELEMENT_COUNTS = {"node": "num_atoms", "edge": "num_edges", "motif": "num_motifs"}
+_KIND_SHAPES = {"features": "({count}, {width})", "edge_index": "(2, {count})", "batch": "({count},)"}
+_DTYPE_NAMES = {"int64": "torch.long (int64)", "float32": "a float tensor"}
+# Integer features: each column an id in a vocabulary, whose sizes the config field `width` lists (atoms, bonds).
+_VOCABULARY_INPUTS = tuple(spec for spec in GRAPH_INPUTS if spec.kind == "features" and spec.dtype == "int64")
+
+
+def _has_schema_dtype(spec: GraphInput, tensor: torch.Tensor) -> bool:
+    """Integer inputs (indices, vocabulary ids) must be int64 exactly; float features may be any floating dtype (the
+    projector casts them to its own)."""
+    return tensor.dtype == torch.long if spec.dtype == "int64" else tensor.is_floating_point()
+
+
+def _expected_shape(spec: GraphInput, tensor: torch.Tensor, count: int, config: LlamoConfig) -> tuple[int, ...]:
+    """`spec.shape(config)` with `count` elements. The width of optional features (motifs, which a model without
+    motif queries ignores) is not checked: whatever they have."""
+    if spec.kind == "features":
+        return (count, spec.num_columns(config)) if spec.required else (count, *tensor.shape[-1:])
+    return (2, count) if spec.kind == "edge_index" else (count,)
 
 
 def check_graph_inputs(
@@ -327,9 +348,10 @@ def check_graph_inputs(
     """Raise a `ValueError` naming the problem when graph inputs are inconsistent, instead of a raw IndexError, a
     device-side assert, silently mixed molecules or non-finite logits.
 
-    Cheap structural checks (presence, dtypes, shapes) always run. The value checks (sorted molecule index, index
-    ranges, finite motif features, slots without graph inputs) read tensor values back to the host, so they are
-    skipped while `torch.compile` traces (`torch.compiler.is_compiling()`), where a host sync would break the graph.
+    Cheap structural checks (presence, dtypes, shapes; by the `GRAPH_INPUTS` schema) always run. The value checks
+    (sorted molecule index, index ranges, finite motif features, slots without graph inputs) read tensor values back
+    to the host, so they are skipped while `torch.compile` traces (`torch.compiler.is_compiling()`), where a host
+    sync would break the graph.
     `prefill`: the step sees the whole prompt (no cached keys yet); later decoding steps carry no graph inputs.
     """
     given = {name: value for name, value in graph_inputs.items() if value is not None}
@@ -345,34 +367,40 @@ def check_graph_inputs(
         return
     if not config.uses_graph:
         return  # a text-only model ignores graph inputs
-    required = ("graph_node_features", "graph_edge_index", "graph_edge_features", "graph_node_batch")
-    missing = [name for name in required if name not in given]
-    if config.uses_motifs and "graph_motif_features" in given and "graph_motif_batch" not in given:
-        missing.append("graph_motif_batch")
+    _check_graph_input_structure(config, given)
+    if not compiling:
+        _check_graph_input_values(config, given)
+
+
+def _check_graph_input_structure(config: LlamoConfig, given: dict[str, torch.Tensor]) -> None:
+    """Presence, dtypes and shapes of the given graph inputs (no host sync)."""
+    missing = [spec.name for spec in GRAPH_INPUTS if spec.required and spec.name not in given]
+    if "graph_motif_features" in given and "graph_motif_batch" not in given and config.uses_motifs:
+        missing.append("graph_motif_batch")  # a motif-reading projector needs the molecule of each motif
     if missing:
         raise ValueError(f"incomplete graph inputs: {', '.join(missing)} missing. {_BUILD_INPUTS_HINT}")
-    for name, tensor in given.items():
-        if name in _INTEGER_GRAPH_INPUTS and tensor.dtype != torch.long:
-            raise ValueError(f"{name} must be torch.long (int64), got {tensor.dtype}. {_BUILD_INPUTS_HINT}")
-        if name == "graph_motif_features" and not tensor.is_floating_point():
-            raise ValueError(f"graph_motif_features must be a float tensor, got {tensor.dtype}")
-    node_features, edge_index = given["graph_node_features"], given["graph_edge_index"]
-    num_atoms, num_edges = node_features.shape[0], edge_index.shape[-1]
-    expected = {
-        "graph_node_features": (num_atoms, len(config.atom_feature_vocab_sizes)), "graph_edge_index": (2, num_edges),
-        "graph_edge_features": (num_edges, len(config.bond_feature_vocab_sizes)), "graph_node_batch": (num_atoms,),
-    }  # fmt: skip
-    if "graph_motif_features" in given:
-        num_motifs = given["graph_motif_features"].shape[0]
-        expected["graph_motif_features"] = (num_motifs, given["graph_motif_features"].shape[-1])
-        expected["graph_motif_batch"] = (num_motifs,)
-    for name, shape in expected.items():
-        if name in given and tuple(given[name].shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(given[name].shape)}, expected {_GRAPH_INPUT_SHAPES[name]} = {shape}")
-    if num_atoms == 0:
+    present = [(spec, given[spec.name]) for spec in GRAPH_INPUTS if spec.name in given]
+    for spec, tensor in present:
+        if not _has_schema_dtype(spec, tensor):
+            raise ValueError(f"{spec.name} must be {_DTYPE_NAMES[spec.dtype]}, got {tensor.dtype}. {_BUILD_INPUTS_HINT}")
+    counts = {}  # elements counted by their features or edge_index, the first input of each in `GRAPH_INPUTS`
+    for spec, tensor in present:
+        if spec.element not in counts:
+            if spec.kind == "batch":
+                continue  # a motif batch without motif features: no motif count to check it against
+            axis = -1 if spec.kind == "edge_index" else 0  # edge_index: one column per edge
+            counts[spec.element] = tensor.shape[axis] if tensor.dim() else 0
+        expected = _expected_shape(spec, tensor, counts[spec.element], config)
+        if tuple(tensor.shape) != expected:
+            width = expected[-1] if spec.required else "any width"
+            symbolic = _KIND_SHAPES[spec.kind].format(count=_ELEMENT_COUNTS[spec.element], width=width)
+            raise ValueError(f"{spec.name} has shape {tuple(tensor.shape)}, expected {symbolic} = {expected}")
+    if counts["node"] == 0:
         raise ValueError(f"graph inputs with zero atoms: every molecule needs at least one atom. {_BUILD_INPUTS_HINT}")
-    if compiling:
-        return
+
+
+def _check_graph_input_values(config: LlamoConfig, given: dict[str, torch.Tensor]) -> None:
+    """The checks that read tensor values (host syncs): molecule indices, vocabulary ids, edge ends, finite features."""
     node_batch = given["graph_node_batch"]
     steps = node_batch[1:] - node_batch[:-1]
     if int(node_batch[0]) != 0 or bool(((steps != 0) & (steps != 1)).any()):
@@ -380,37 +408,33 @@ def check_graph_inputs(
             "graph_node_batch must number the molecules 0, 1, 2, ... with each molecule's atoms contiguous and in "
             f"order (got {node_batch[:12].tolist()}...): an interleaved index would mix molecules"
         )
-    num_molecules = int(node_batch[-1]) + 1
-    for name, vocab_sizes in (
-        ("graph_node_features", config.atom_feature_vocab_sizes),
-        ("graph_edge_features", config.bond_feature_vocab_sizes),
-    ):
-        tensor = given[name]
+    for spec in _VOCABULARY_INPUTS:
+        tensor, vocab_sizes = given[spec.name], getattr(config, spec.width)
         if tensor.numel():
-            limits = torch.tensor(list(vocab_sizes), device=tensor.device)
-            bad = ((tensor < 0) | (tensor >= limits)).any(0)
+            bad = ((tensor < 0) | (tensor >= torch.tensor(list(vocab_sizes), device=tensor.device))).any(0)
             if bool(bad.any()):
                 column = int(bad.nonzero()[0])
                 raise ValueError(
-                    f"{name}[:, {column}] holds {int(tensor[:, column].min())}..{int(tensor[:, column].max())}, outside "
-                    f"the feature's vocabulary 0..{vocab_sizes[column] - 1}"
+                    f"{spec.name}[:, {column}] holds {int(tensor[:, column].min())}..{int(tensor[:, column].max())}, "
+                    f"outside the feature's vocabulary 0..{vocab_sizes[column] - 1}"
                 )
-    if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_atoms):
+    edge_index, num_atoms = given["graph_edge_index"], len(node_batch)
+    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_atoms):
         raise ValueError(
             f"graph_edge_index must index the {num_atoms} atoms, got values {int(edge_index.min())}..{int(edge_index.max())}"
         )
-    if "graph_motif_features" in given:
-        motif_batch = given["graph_motif_batch"]
-        if motif_batch.numel() and (
-            int(motif_batch.min()) < 0
-            or int(motif_batch.max()) >= num_molecules
-            or bool((motif_batch[1:] < motif_batch[:-1]).any())
-        ):
+    motif_features, motif_batch = given.get("graph_motif_features"), given.get("graph_motif_batch")
+    if motif_features is None:
+        return
+    if motif_batch is not None and motif_batch.numel():
+        molecules = num_molecules(node_batch)
+        out_of_range = int(motif_batch.min()) < 0 or int(motif_batch.max()) >= molecules
+        if out_of_range or bool((motif_batch[1:] < motif_batch[:-1]).any()):
             raise ValueError(
-                f"graph_motif_batch must be sorted molecule indices below {num_molecules}, got {motif_batch[:12].tolist()}..."
+                f"graph_motif_batch must be sorted molecule indices below {molecules}, got {motif_batch[:12].tolist()}..."
             )
-        if not bool(torch.isfinite(given["graph_motif_features"]).all()):
-            raise ValueError("graph_motif_features hold NaN or infinite values")
+    if not bool(torch.isfinite(motif_features).all()):
+        raise ValueError("graph_motif_features hold NaN or infinite values")
 
 
 def _is_prefill(past_key_values) -> bool:
@@ -744,8 +768,7 @@ class LlamoForConditionalGeneration(LlamoPreTrainedModel, GenerationMixin):
             # Chunked prefill (`prefill_chunk_size`) feeds the prompt in pieces, each with all the graph inputs.
             node_batch = model_inputs["graph_node_batch"]
             tokens_per_molecule = self.config.num_graph_tokens
-            num_molecules = int(node_batch[-1]) + 1 if node_batch.numel() else 0
-            needed = node_batch.numel() if tokens_per_molecule is None else num_molecules * tokens_per_molecule
+            needed = node_batch.numel() if tokens_per_molecule is None else num_molecules(node_batch) * tokens_per_molecule
             if int((fed_ids == self.config.graph_token_id).sum()) < needed:
                 raise ValueError(
                     f"this forward call feeds only part of the molecules' {needed} graph-token slots (chunked prefill, "

@@ -16,6 +16,7 @@ from configuration_llamo import (
     GRAPH_INPUT_NAMES,
     GRAPH_INPUTS,
     MOTIF_FEATURE_SIZE,
+    MOTIF_INPUT_NAMES,
     LlamoConfig,
     num_molecules,
 )
@@ -45,6 +46,11 @@ def test_widths_come_from_the_config_or_the_ogb_defaults():
     shapes = {spec.name: spec.shape(config) for spec in GRAPH_INPUTS}
     assert shapes["graph_motif_features"] == (-1, 11) and shapes["graph_edge_index"] == (2, -1)
     assert shapes["graph_node_batch"] == (-1,) and shapes["graph_node_features"] == (-1, 9)
+
+
+def test_every_input_but_the_motif_ones_is_required():
+    assert tuple(spec.name for spec in GRAPH_INPUTS if not spec.required) == MOTIF_INPUT_NAMES
+    assert MOTIF_INPUT_NAMES == ("graph_motif_features", "graph_motif_batch")
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,32 @@ CORRUPTIONS = {
     "wrong feature width": ("graph_node_features", lambda t: t[:, :8], r"shape \(27, 8\), expected \(num_atoms, 9\)"),
     "motif of a missing molecule": ("graph_motif_batch", lambda t: t + 5, "sorted molecule indices below 2"),
     "float node features": ("graph_node_features", lambda t: t.float(), "must be torch.long"),
+    "integer motif features": ("graph_motif_features", lambda t: t.long(), "graph_motif_features must be a float tensor"),
+    "edge_index with 3 rows": (
+        "graph_edge_index",
+        lambda t: t[[0, 1, 0]],
+        r"graph_edge_index has shape \(3, 56\), expected \(2, num_edges\)",
+    ),
+    "bond features of an edge too few": (
+        "graph_edge_features",
+        lambda t: t[1:],
+        r"shape \(55, 3\), expected \(num_edges, 3\) = \(56, 3\)",
+    ),
+    "molecule index of an atom too few": (
+        "graph_node_batch",
+        lambda t: t[1:],
+        r"shape \(26,\), expected \(num_atoms,\) = \(27,\)",
+    ),
+    "molecule index of a motif too many": (
+        "graph_motif_batch",
+        lambda t: t.repeat(2),
+        r"graph_motif_batch has shape .*expected \(num_motifs,\)",
+    ),
+    "0-d node features": (
+        "graph_node_features",
+        lambda t: t[0, 0],
+        r"graph_node_features has shape \(\), expected \(num_atoms, 9\)",
+    ),
 }
 
 
@@ -119,3 +145,20 @@ def test_value_checks_are_skipped_while_compiling(tiny, monkeypatch):
     graph["graph_edge_index"] = graph["graph_edge_index"].int()
     with pytest.raises(ValueError, match="torch.long"):  # dtype checks cost nothing and still run
         check_graph_inputs(model.config, inputs["input_ids"], graph)
+
+
+def test_motif_inputs_are_optional_but_a_motif_reading_model_needs_their_molecule_index(tiny):
+    model, processor = tiny
+    inputs = two_molecule_inputs(processor)
+    graph = graph_only(inputs)
+    lone_features = {name: value for name, value in graph.items() if name != "graph_motif_batch"}
+    assert model.config.uses_motifs
+    with pytest.raises(ValueError, match="incomplete graph inputs: graph_motif_batch missing"):
+        check_graph_inputs(model.config, inputs["input_ids"], lone_features)
+    # A projector without motif queries ignores motif inputs: none, or features without their index (once a KeyError).
+    no_motifs = type(model.config).from_dict({**model.config.to_dict(), "projector_type": "multilevel_no_motif"})
+    assert not no_motifs.uses_motifs
+    check_graph_inputs(no_motifs, inputs["input_ids"], lone_features)
+    check_graph_inputs(no_motifs, inputs["input_ids"], {name: value for name, value in graph.items() if "motif" not in name})
+    # ... and does not check the width of motif features, which only the motif projectors read.
+    check_graph_inputs(no_motifs, inputs["input_ids"], {**graph, "graph_motif_features": graph["graph_motif_features"][:, :5]})
