@@ -94,6 +94,63 @@ GRAPH_INPUT_NAMES = tuple(spec.name for spec in GRAPH_INPUTS)
 MOTIF_INPUT_NAMES = tuple(spec.name for spec in GRAPH_INPUTS if spec.element == "motif")
 
 
+@dataclass(frozen=True)
+class TextConfigTransform:
+    """A field of the language model's config (`text_config`) by which its family transforms the input embeddings or
+    the logits beyond its layers and the head's matrix product: the one table of them (`TEXT_CONFIG_TRANSFORMS`)
+    says both what LLaMo's head applies (`modeling_llamo.apply_head_semantics`) and what the vLLM export refuses
+    (`llamo.serving.export.check_servable`).
+
+    Args:
+        field: the config attribute.
+        neutral: its value in a config that does not use the transform (the default it is read with); the export
+            accepts only this value of the transforms it does not carry over.
+        effect: what LLaMo does with a value that is set (not None):
+            `"scale"`: the head multiplies the logits by it;
+            `"inverse_scale"`: the head divides the logits by it (HyperCLOVA X multiplies by it);
+            `"softcap"`: the head caps the scaled logits, `tanh(logits / value) * value`;
+            `"embeddings"`: nothing at the head: the language model's own forward scales its input embeddings, graph
+                vectors included, inside LLaMo;
+            None: nothing: a logit transform LLaMo does not reproduce (its builder's logit-fidelity check fails on it).
+            Of the scales, the first one set in table order is the one applied (as TRL's fused loss reads them).
+        exportable: whether the vLLM export accepts a value other than `neutral`.
+    """
+
+    field: str
+    neutral: float | None
+    effect: str | None
+    exportable: bool = False
+
+
+TEXT_CONFIG_TRANSFORMS = (
+    TextConfigTransform("logit_scale", None, "scale"),  # Cohere
+    # Muse Glimmer / Falcon-H1: applied by the head; the export has never refused them (vLLM's side is unverified)
+    TextConfigTransform("output_multiplier", None, "scale", exportable=True),
+    TextConfigTransform("lm_head_multiplier", None, "scale", exportable=True),
+    TextConfigTransform("logits_scaling", 1.0, "inverse_scale"),  # Granite, MiniCPM3, HyperCLOVA X
+    TextConfigTransform("final_logit_softcapping", None, "softcap"),  # Gemma 2/3
+    TextConfigTransform("embedding_multiplier", 1.0, "embeddings"),  # Granite, Falcon-H1, HyperCLOVA X
+    TextConfigTransform("scale_emb", 1.0, "embeddings"),  # MiniCPM
+    TextConfigTransform("mup_width_multiplier", None, None),  # Phi-3-small (remote code) divides its logits by it
+)
+
+
+def set_text_config_transforms(text_config) -> dict[TextConfigTransform, float]:
+    """The transforms of `TEXT_CONFIG_TRANSFORMS` that `text_config` sets (value not None), in table order.
+
+    Read afresh on every call (a config edited after the model was built counts), with the values
+    `getattr(text_config, field, None)` gives, but with no attribute lookup (a Python `__getattribute__` and a caught
+    AttributeError each) for the fields a plain `PreTrainedConfig` cannot hold: those neither in its instance
+    attributes, nor in its `attribute_map`, nor on its class. Any other config object is read field by field."""
+    config_class = type(text_config)
+    if config_class.__getattribute__ is PreTrainedConfig.__getattribute__ and not hasattr(config_class, "__getattr__"):
+        own, aliases = vars(text_config), text_config.attribute_map
+        transforms = [t for t in TEXT_CONFIG_TRANSFORMS if t.field in own or t.field in aliases or hasattr(config_class, t.field)]
+    else:
+        transforms = TEXT_CONFIG_TRANSFORMS
+    return {t: value for t in transforms if (value := getattr(text_config, t.field, None)) is not None}
+
+
 def num_molecules(graph_node_batch) -> int:
     """Molecules in a batch of graph inputs, from `graph_node_batch` (a tensor, array or list, grouped molecule by
     molecule: every molecule has at least one atom, so the last atom belongs to the last molecule)."""
@@ -267,5 +324,6 @@ LlamoConfig.register_for_auto_class()
 
 __all__ = [
     "LlamoConfig", "GRAPH_INPUTS", "GRAPH_INPUT_NAMES", "GraphInput", "PROJECTOR_ATTENTIONS", "PROJECTOR_SPECS",
-    "PROJECTOR_TYPES", "ProjectorSpec", "num_molecules",
+    "PROJECTOR_TYPES", "ProjectorSpec", "TEXT_CONFIG_TRANSFORMS", "TextConfigTransform", "num_molecules",
+    "set_text_config_transforms",
 ]  # fmt: skip

@@ -41,6 +41,7 @@ try:  # loaded as remote code (a package next to the weights)
         GraphInput,
         LlamoConfig,
         num_molecules,
+        set_text_config_transforms,
     )
 except ImportError:  # imported as a plain module from the repository root
     from configuration_llamo import (
@@ -49,6 +50,7 @@ except ImportError:  # imported as a plain module from the repository root
         GraphInput,
         LlamoConfig,
         num_molecules,
+        set_text_config_transforms,
     )
 
 
@@ -120,20 +122,20 @@ def language_model_head_layout(text_config) -> tuple[int, int, bool]:
 
 
 def apply_head_semantics(logits: torch.Tensor, text_config) -> torch.Tensor:
-    """What the LLM's causal-LM class does to its head's output, read from its config the way TRL's fused loss reads
-    it (so training and inference agree): a logit scale (Cohere `logit_scale`, Granite `1 / logits_scaling`,
-    Falcon-H1 `lm_head_multiplier`, `output_multiplier`), then Gemma-2's `final_logit_softcapping`."""
-    scale = getattr(text_config, "logit_scale", None)
-    if scale is None:
-        scale = getattr(text_config, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(text_config, "lm_head_multiplier", None)
-    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
-        scaling = text_config.logits_scaling
-        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    """What the LLM's causal-LM class does to its head's output, as `TEXT_CONFIG_TRANSFORMS` says, read from its config
+    the way TRL's fused loss reads it (so training and inference agree): the first logit scale set (Cohere
+    `logit_scale`, `output_multiplier`, Falcon-H1 `lm_head_multiplier`, Granite `1 / logits_scaling`), then Gemma-2's
+    `final_logit_softcapping`. The config is read afresh on each call (every decoding step), with no tensor work
+    when it sets no transform."""
+    scale = softcap = None
+    for transform, value in set_text_config_transforms(text_config).items():
+        if transform.effect in ("scale", "inverse_scale") and scale is None:
+            multiplies = transform.effect == "scale" or text_config.model_type == "hyperclovax"
+            scale = value if multiplies else 1 / value
+        elif transform.effect == "softcap":
+            softcap = value
     if scale is not None and scale != 1.0:
         logits = logits * scale
-    softcap = getattr(text_config, "final_logit_softcapping", None)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits

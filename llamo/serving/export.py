@@ -12,8 +12,10 @@ writes
 
 The export is family agnostic: the language model is rebuilt with `AutoModelForCausalLM.from_config(text_config)` and
 must give the same logits as LLaMo on a probe with a molecule (checked; a mismatch raises). Families whose forward
-scales the input embeddings or transforms the logits beyond the head's matrix product are refused, because vLLM does
-not apply such transforms to prompt embeddings, or because LLaMo's own head does not apply them.
+scales the input embeddings or transforms the logits beyond the head's matrix product are refused (the
+`EMBEDDING_SCALING_FAMILIES`, and the fields of `configuration_llamo.TEXT_CONFIG_TRANSFORMS` not marked exportable,
+when set), because vLLM does not apply such transforms to prompt embeddings, or because LLaMo's own head does not
+apply them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pathlib
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
-from configuration_llamo import LlamoConfig
+from configuration_llamo import TEXT_CONFIG_TRANSFORMS, LlamoConfig
 from llamo.cli import load_model_and_processor
 from modeling_llamo import LlamoForConditionalGeneration
 from processing_llamo import LlamoProcessor
@@ -36,15 +38,6 @@ from .frontend import LlamoFrontEnd
 # Families whose model multiplies the input embeddings inside its forward (HF) or its embedding layer (vLLM): the
 # graph vectors would be scaled in one engine and not the other.
 EMBEDDING_SCALING_FAMILIES = {"gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "recurrent_gemma"}
-# Config fields of logit or embedding transforms outside the head's matrix product, with their neutral values.
-TRANSFORM_FIELDS = {
-    "final_logit_softcapping": None,  # Gemma 2/3
-    "logit_scale": None,  # Cohere
-    "logits_scaling": 1.0,  # Granite
-    "embedding_multiplier": 1.0,  # Granite
-    "scale_emb": 1.0,  # MiniCPM
-    "mup_width_multiplier": None,
-}
 
 PROBE_MESSAGES = [
     {
@@ -64,13 +57,17 @@ def check_servable(config: LlamoConfig) -> None:
             f"cannot export a {text_config.model_type!r} language model for prompt-embedding serving: it scales its input "
             "embeddings inside the model, and vLLM does not apply that scale to prompt embeddings"
         )
-    for field, neutral in TRANSFORM_FIELDS.items():
-        value = getattr(text_config, field, neutral)
-        if value != neutral:
-            raise ValueError(
-                f"cannot export this {text_config.model_type!r} language model: its config sets {field}={value!r}, a transform "
-                "of the embeddings or logits that LLaMo's linear head and vLLM's prompt embeddings do not share"
-            )
+    refused = {
+        transform.field: value
+        for transform in TEXT_CONFIG_TRANSFORMS
+        if not transform.exportable and (value := getattr(text_config, transform.field, transform.neutral)) != transform.neutral
+    }
+    if refused:
+        settings = ", ".join(f"{field}={value!r}" for field, value in refused.items())
+        raise ValueError(
+            f"cannot export this {text_config.model_type!r} language model: its config sets {settings}, transforms of the "
+            "embeddings or logits that this export does not carry over to vLLM's prompt-embedding serving"
+        )
 
 
 def extract_language_model(model: LlamoForConditionalGeneration) -> PreTrainedModel:
