@@ -49,10 +49,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from common import (
     LORA,
@@ -77,6 +76,11 @@ from common import (
 )
 
 
+if TYPE_CHECKING:
+    from peft import LoraConfig  # imported where used: peft imports bitsandbytes, whose import-time notice the
+    # llamo package filters (llamo/quiet.py) only once llamo is imported, which common.py's helpers do first
+
+
 QUESTION = "Describe this molecule."
 
 
@@ -94,6 +98,8 @@ def load_collate(spec: str | None) -> Callable:
 
 def lora_bare(model):
     model.requires_grad_(False)
+    from peft import LoraConfig, get_peft_model
+
     peft_model = get_peft_model(model, LoraConfig(target_modules=r"^model\..*\.(q_proj|v_proj)$", **LORA))
     peft_model.train()
     return peft_model
@@ -132,6 +138,8 @@ def precision(bf16: bool) -> str:
 # scripts/train_smollm2.py runs stage 2.
 def stage_lora_config(llamo) -> LoraConfig:
     """Stage 2's LoRA: every linear layer of the language model; the projector and the GIN trained fully (saved)."""
+    from peft import LoraConfig
+
     from llamo.builder import lora_target_regex
 
     target_regex, _ = lora_target_regex(llamo.model.language_model, ["all-linear"])
@@ -144,6 +152,8 @@ def llamo_for_stage(llamo, stage: int):
     llamo.requires_grad_(False)
     llamo.model.projector.requires_grad_(True)
     llamo.model.graph_encoder.requires_grad_(True)
+    from peft import get_peft_model
+
     model = get_peft_model(llamo, stage_lora_config(llamo)) if stage == 2 else llamo
     return model.train()
 
@@ -155,6 +165,8 @@ def bare_with_lora(bare, llamo):
     assert config.target_modules.startswith(prefix), config.target_modules
     config = dataclasses.replace(config, target_modules=bare_prefix + config.target_modules[len(prefix) :], modules_to_save=None)
     bare.requires_grad_(False)
+    from peft import get_peft_model
+
     return get_peft_model(bare, config).train()
 
 
