@@ -420,7 +420,7 @@ def _check_graph_input_values(config: LlamoConfig, given: dict[str, torch.Tensor
                     f"{spec.name}[:, {column}] holds {int(tensor[:, column].min())}..{int(tensor[:, column].max())}, "
                     f"outside the feature's vocabulary 0..{vocab_sizes[column] - 1}"
                 )
-    edge_index, num_atoms = given["graph_edge_index"], len(node_batch)
+    edge_index, num_atoms = given["graph_edge_index"], node_batch.shape[0]
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_atoms):
         raise ValueError(
             f"graph_edge_index must index the {num_atoms} atoms, got values {int(edge_index.min())}..{int(edge_index.max())}"
