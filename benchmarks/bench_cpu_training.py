@@ -43,9 +43,7 @@ SETTINGS = {  # name: (environment, worker flags)
 
 def worker(args: argparse.Namespace) -> None:
     """(Its own process.) Build the stage-2 model, run the steps, print one JSON line of timings."""
-    from bench_training import data_step_fn, example_batches, llamo_for_stage, load_collate
-
-    from common import build_benchmark_llamo
+    from common import build_benchmark_llamo, data_step_fn, example_batches, llamo_for_stage, load_collate
 
     torch.manual_seed(0)
     llamo, processor, _ = build_benchmark_llamo(args.llm, seed=0)

@@ -37,7 +37,6 @@ import copy
 import ctypes
 import dataclasses
 import gc
-import importlib
 import json
 import os
 import pathlib
@@ -49,51 +48,40 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from common import (
+    LLM_LORA,
     LORA,
     Target,
     add_llm_argument,
     add_thread_argument,
-    autocast_context,
     bare_language_model,
     build_benchmark_llamo,
     build_small_llamo,
-    chat_batch,
+    data_step_fn,
+    example_batches,
     filler_token_id,
     format_table,
+    llamo_for_stage,
     llm_label,
     load_chebi20_examples,
+    load_collate,
     print_header,
     print_targets,
     set_threads,
     stage2_llamo,
+    stage_lora_config,
     text_only_inputs,
     train_step_fn,
 )
 
 
 if TYPE_CHECKING:
-    from peft import LoraConfig  # imported where used: peft imports bitsandbytes, whose import-time notice the
+    pass  # imported where used: peft imports bitsandbytes, whose import-time notice the
     # llamo package filters (llamo/quiet.py) only once llamo is imported, which common.py's helpers do first
-
-
-QUESTION = "Describe this molecule."
-
-
-def processor_collate(examples: list[dict[str, Any]], processor) -> dict[str, torch.Tensor]:
-    """The default data path: chat template -> featurized, tokenized, padded tensors with answer-only labels."""
-    return chat_batch(processor, [ex["smiles"] for ex in examples], QUESTION, [ex["answer"] for ex in examples])
-
-
-def load_collate(spec: str | None) -> Callable:
-    if spec is None:
-        return processor_collate
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def lora_bare(model):
@@ -122,40 +110,12 @@ def data_path_rate(collate: Callable, processor, examples: list[dict], batch_siz
 # ------------------------------------------------------------------------------------------- --llm: a real LLM
 
 SIDES = ("stage1", "stage2", "bare")
-# scripts/train_smollm2.py's LoRA: r 16 on every linear layer of the LLM
-LLM_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
 # scripts/train_smollm2.py runs training with these (glibc keeps freed memory instead of page-faulting it in anew)
 MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def precision(bf16: bool) -> str:
     return "bf16 autocast, fp32 weights" if bf16 else "fp32"
-
-
-# The two stages as train_sft.py trains them, written out here rather than imported from `llamo.sft`;
-# tests/test_benchmarks.py checks that these two give what its `set_trainable` and `lora_config` give for
-# `--lora_r 16 --lora_alpha 32 --lora_dropout 0.05 --lora_target_modules all-linear --train_graph_encoder`, as
-# scripts/train_smollm2.py runs stage 2.
-def stage_lora_config(llamo) -> LoraConfig:
-    """Stage 2's LoRA: every linear layer of the language model; the projector and the GIN trained fully (saved)."""
-    from peft import LoraConfig
-
-    from llamo.builder import lora_target_regex
-
-    target_regex, _ = lora_target_regex(llamo.model.language_model, ["all-linear"])
-    return LoraConfig(target_modules=target_regex, modules_to_save=["projector", "graph_encoder"], **LLM_LORA)
-
-
-def llamo_for_stage(llamo, stage: int):
-    """`llamo` with a stage's trainable parts, training: stage 1 the GIN and the projector (the LLM frozen), stage 2
-    those and LoRA."""
-    llamo.requires_grad_(False)
-    llamo.model.projector.requires_grad_(True)
-    llamo.model.graph_encoder.requires_grad_(True)
-    from peft import get_peft_model
-
-    model = get_peft_model(llamo, stage_lora_config(llamo)) if stage == 2 else llamo
-    return model.train()
 
 
 def bare_with_lora(bare, llamo):
@@ -207,29 +167,6 @@ def side_inputs(side: str, llamo, processor):
     return text_only_processor(processor), to_text
 
 
-def data_step_fn(model, collate, processor, to_inputs, example_batches: list[list[dict]], bf16: bool, learning_rate=1e-4):
-    """A training step on the examples of batch `index`, data path included: collate (featurization cache cleared
-    first: every step featurizes, as a collator over raw rows does), forward + backward (bf16 autocast with `bf16`),
-    AdamW. Returns the seconds spent in the data path."""
-    from featurization_llamo import featurize_smiles
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-
-    def step(index: int) -> float:
-        featurize_smiles.cache_clear()
-        start = time.perf_counter()
-        batch = to_inputs(collate(example_batches[index], processor))
-        data_seconds = time.perf_counter() - start
-        optimizer.zero_grad(set_to_none=True)
-        with autocast_context(bf16):
-            loss = model(**batch).loss
-            loss.backward()
-        optimizer.step()
-        return data_seconds
-
-    return step
-
-
 def build_sides(args: argparse.Namespace, sides: tuple[str, ...]):
     """(models by side, processor, LLaMo, description): LLaMo around `--llm` for the stages and the bare LLM + LoRA
     with the same weights. Stage 2 trains a copy (PEFT wraps the model in place)."""
@@ -243,11 +180,6 @@ def build_sides(args: argparse.Namespace, sides: tuple[str, ...]):
     if "stage1" in sides:
         models["stage1"] = llamo_for_stage(llamo, 1)
     return models, processor, llamo, description
-
-
-def example_batches(args: argparse.Namespace) -> tuple[list[list[dict]], str]:
-    examples, source = load_chebi20_examples(args.batch_size * args.num_batches)
-    return [examples[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.num_batches)], source
 
 
 def read_status_mib(field: str) -> float | None:

@@ -8,6 +8,7 @@ the reported numbers are medians over the repeats, and ratios are taken within e
 from __future__ import annotations
 
 import csv
+import importlib
 import itertools
 import os
 import pathlib
@@ -17,8 +18,12 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+
+if TYPE_CHECKING:  # torch and peft are imported where used (peft after llamo: see bench_training.py)
+    import torch
+    from peft import LoraConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent  # the model files are importable: the project is installed (-e .)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -364,6 +369,84 @@ def train_step_fn(model, batches: list[dict], learning_rate: float = 1e-4, bf16:
             optimizer.step()
 
     return step
+
+
+# ---------------------------------------------------------------------- the training step of the real-LLM benchmarks
+# (bench_training.py --llm and bench_cpu_training.py)
+
+QUESTION = "Describe this molecule."
+
+
+def processor_collate(examples: list[dict[str, Any]], processor) -> dict[str, torch.Tensor]:
+    """The default data path: chat template -> featurized, tokenized, padded tensors with answer-only labels."""
+    return chat_batch(processor, [ex["smiles"] for ex in examples], QUESTION, [ex["answer"] for ex in examples])
+
+
+def load_collate(spec: str | None) -> Callable:
+    if spec is None:
+        return processor_collate
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# scripts/train_smollm2.py's LoRA: r 16 on every linear layer of the LLM
+LLM_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
+
+
+# The two stages as train_sft.py trains them, written out here rather than imported from `llamo.sft`;
+# tests/test_benchmarks.py checks that these two give what its `set_trainable` and `lora_config` give for
+# `--lora_r 16 --lora_alpha 32 --lora_dropout 0.05 --lora_target_modules all-linear --train_graph_encoder`, as
+# scripts/train_smollm2.py runs stage 2.
+def stage_lora_config(llamo) -> LoraConfig:
+    """Stage 2's LoRA: every linear layer of the language model; the projector and the GIN trained fully (saved)."""
+    from peft import LoraConfig
+
+    from llamo.builder import lora_target_regex
+
+    target_regex, _ = lora_target_regex(llamo.model.language_model, ["all-linear"])
+    return LoraConfig(target_modules=target_regex, modules_to_save=["projector", "graph_encoder"], **LLM_LORA)
+
+
+def llamo_for_stage(llamo, stage: int):
+    """`llamo` with a stage's trainable parts, training: stage 1 the GIN and the projector (the LLM frozen), stage 2
+    those and LoRA."""
+    llamo.requires_grad_(False)
+    llamo.model.projector.requires_grad_(True)
+    llamo.model.graph_encoder.requires_grad_(True)
+    from peft import get_peft_model
+
+    model = get_peft_model(llamo, stage_lora_config(llamo)) if stage == 2 else llamo
+    return model.train()
+
+
+def data_step_fn(model, collate, processor, to_inputs, example_batches: list[list[dict]], bf16: bool, learning_rate=1e-4):
+    """A training step on the examples of batch `index`, data path included: collate (featurization cache cleared
+    first: every step featurizes, as a collator over raw rows does), forward + backward (bf16 autocast with `bf16`),
+    AdamW. Returns the seconds spent in the data path."""
+    import torch
+
+    from featurization_llamo import featurize_smiles
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+    def step(index: int) -> float:
+        featurize_smiles.cache_clear()
+        start = time.perf_counter()
+        batch = to_inputs(collate(example_batches[index], processor))
+        data_seconds = time.perf_counter() - start
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(bf16):
+            loss = model(**batch).loss
+            loss.backward()
+        optimizer.step()
+        return data_seconds
+
+    return step
+
+
+def example_batches(args) -> tuple[list[list[dict]], str]:
+    examples, source = load_chebi20_examples(args.batch_size * args.num_batches)
+    return [examples[i * args.batch_size : (i + 1) * args.batch_size] for i in range(args.num_batches)], source
 
 
 # Molecules and questions of the serving test and benchmark: small drugs, salts, charges, a single atom.

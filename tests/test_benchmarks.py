@@ -7,13 +7,12 @@ import sys
 import pytest
 import torch
 from bench_memory import growth  # benchmarks/ is on sys.path (conftest.py)
-from bench_training import processor_collate
 from conftest import MOLECULES
 from peak_rss import run_with_peak_rss
 
 from configuration_llamo import GRAPH_INPUT_NAMES
 
-from common import Target, chat_batch, interleaved_timings, text_only_inputs
+from common import Target, chat_batch, interleaved_timings, processor_collate, text_only_inputs
 
 
 def test_text_only_inputs_replace_every_slot_and_keep_the_length(tiny):
@@ -132,13 +131,15 @@ def test_llm_training_peak_rss_of_one_side_runs_in_its_own_process(tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_llm_training_stages_train_what_train_sft_trains(stage):
-    """bench_training's stages (written out there, not imported) = train_sft.py's (`llamo.sft`) `set_trainable` and
-    `lora_config` with scripts/train_smollm2.py's LoRA arguments: the same LoRA config, the same trainable tensors."""
-    import bench_training
+    """The real-LLM training benchmarks' stages (written out in benchmarks/common.py, not imported) = train_sft.py's
+    (`llamo.sft`) `set_trainable` and `lora_config` with scripts/train_smollm2.py's LoRA arguments: the same LoRA
+    config, the same trainable tensors."""
     from peft import get_peft_model
 
     from llamo import sft
     from llamo.tiny import build_tiny_llamo
+
+    import common
 
     arguments = sft.LlamoModelConfig(
         stage=stage,
@@ -153,9 +154,9 @@ def test_llm_training_stages_train_what_train_sft_trains(stage):
     ours, _ = build_tiny_llamo(seed=0)
     if stage == 2:
         config = sft.lora_config(theirs, arguments)
-        assert bench_training.stage_lora_config(ours).to_dict() == config.to_dict()
+        assert common.stage_lora_config(ours).to_dict() == config.to_dict()
         theirs = get_peft_model(theirs, config)
-    ours = bench_training.llamo_for_stage(ours, stage)
+    ours = common.llamo_for_stage(ours, stage)
 
     def trainable(model):
         return sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
