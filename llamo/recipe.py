@@ -122,9 +122,9 @@ def evaluation_tables(data_dir: pathlib.Path | None, out: pathlib.Path, seed: in
     for the tasks they cover (no captions: their text is not in the repository)."""
     if data_dir is not None and all((data_dir / name).is_file() for name in (*CAPTION_FILES, *IUPAC_FILES, QM9_FILE)):
         return prepare_data(data_dir, out, seed)
+    where = "no data folder given" if data_dir is None else f"{data_dir} does not hold the recipe's data"
     print(
-        f"[recipe] {data_dir} does not hold the recipe's data: captions are not evaluated; IUPAC names and QM9 "
-        "come from the repository's data/ tables",
+        f"[recipe] {where}: captions are not evaluated; IUPAC names and QM9 come from the repository's data/ tables",
         flush=True,
     )
     out.mkdir(parents=True, exist_ok=True)
