@@ -29,15 +29,14 @@ import time
 
 import torch
 
-from common import add_llm_argument, format_table, print_header, set_threads
+from common import TRAINING_MALLOC, add_llm_argument, format_table, print_header, set_threads
 
 
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 SETTINGS = {  # name: (environment, worker flags)
     "fp32": ({}, []),
     "bf16": ({}, ["--bf16"]),
-    "bf16+malloc": (MALLOC, ["--bf16"]),
-    "bf16+malloc+compile": (MALLOC, ["--bf16", "--compile"]),
+    "bf16+malloc": (TRAINING_MALLOC, ["--bf16"]),
+    "bf16+malloc+compile": (TRAINING_MALLOC, ["--bf16", "--compile"]),
 }
 
 
@@ -72,7 +71,7 @@ def run_setting(args: argparse.Namespace, name: str) -> dict:
     environment, flags = SETTINGS[name]
     command = [sys.executable, __file__, "--worker", "--llm", args.llm, "--steps", str(args.steps),
                "--threads", str(args.threads), *flags]  # fmt: skip
-    inherited = {key: value for key, value in os.environ.items() if key not in MALLOC}  # only the setting decides
+    inherited = {key: value for key, value in os.environ.items() if key not in TRAINING_MALLOC}  # only the setting decides
     result = subprocess.run(command, capture_output=True, text=True, env={**inherited, **environment})
     if result.returncode != 0:
         raise RuntimeError(f"setting {name!r} failed (exit status {result.returncode}):\n{result.stderr[-3000:]}")

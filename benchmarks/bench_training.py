@@ -55,6 +55,7 @@ import torch
 from common import (
     LLM_LORA,
     LORA,
+    TRAINING_MALLOC,
     Target,
     add_llm_argument,
     add_thread_argument,
@@ -110,8 +111,6 @@ def data_path_rate(collate: Callable, processor, examples: list[dict], batch_siz
 # ------------------------------------------------------------------------------------------- --llm: a real LLM
 
 SIDES = ("stage1", "stage2", "bare")
-# scripts/train_smollm2.py runs training with these (glibc keeps freed memory instead of page-faulting it in anew)
-MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def precision(bf16: bool) -> str:
@@ -280,7 +279,7 @@ def llm_benchmark(args: argparse.Namespace, command: str) -> list[Target]:
 
     label = llm_label(args.llm)
     print_header(f"{label}Training: stage-1 and stage-2 steps vs the language model + LoRA alone", command)
-    malloc = ", ".join(f"{name}={os.environ[name]}" for name in MALLOC_SETTINGS if name in os.environ) or "glibc defaults"
+    malloc = ", ".join(f"{name}={os.environ[name]}" for name in TRAINING_MALLOC if name in os.environ) or "glibc defaults"
     trainable = {side: sum(p.numel() for p in models[side].parameters() if p.requires_grad) for side in SIDES}
     print(
         f"models: {description}; stage 2 and bare: LoRA {LLM_LORA} on every linear layer of the LLM\n"

@@ -389,6 +389,10 @@ def load_collate(spec: str | None) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+# scripts/train_smollm2.py trains with these: glibc keeps freed activation memory instead of unmapping it and
+# page-faulting it in anew at every step (they act only at a process's start: set them in a child's environment)
+TRAINING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
 # scripts/train_smollm2.py's LoRA: r 16 on every linear layer of the LLM
 LLM_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from common import SUMMARY_ENV, format_table, machine_description
+from common import SUMMARY_ENV, TRAINING_MALLOC, format_table, machine_description
 
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -36,8 +36,6 @@ LLM_BENCHMARKS = {
         ["--bf16", "--repeats", "1", "--batch_size", "2", "--num_batches", "2", "--rss_steps", "1"],
     ),
 }
-# scripts/train_smollm2.py trains with these (glibc keeps freed memory rather than page-faulting it in anew)
-TRAINING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 def main() -> int:
