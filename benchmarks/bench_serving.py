@@ -6,8 +6,12 @@ Needs the vLLM venv (bash scripts/install_vllm.sh). Models: `smollm2` is the rea
 around the registry's SmolLM2, assembled into outputs/llamo-smollm2 when missing) answering held-out questions of the
 recipe's dev molecules (IUPAC names, QM9 properties, computed facts; `llamo.recipe`); `small` and `tiny` are random
 models answering fixed conversations (one or two molecules, some multi-turn). The same `--prompts` conversations are
-answered at each concurrency c, greedily, every answer forced to `--new_tokens` tokens (`min_new_tokens` / vLLM's
-`min_tokens`, which both mask EOS), and "identical tokens" compares those forced tokens with HF's. Before that, the
+answered at each concurrency c, greedily: with `--answers forced` (the default) every answer is forced to
+`--new_tokens` tokens (`min_new_tokens` / vLLM's `min_tokens`, which both mask EOS), all requests equally long; with
+`--answers natural` each answer ends at its EOS (at most `--new_tokens`), as in real use: a batch of HF `generate`
+runs until its longest answer ends, while vLLM's continuous batching starts the next request in the freed slot, and
+throughput counts the answers' tokens (up to and including EOS) only. "identical" compares each answer with HF's
+(the forced tokens, or the answer up to EOS). Before that, the
 equivalence pass: every conversation answered unforced (greedy, up to `--new_tokens`, stopping at EOS) by
 `model.generate` one conversation at a time and by vLLM through the gateway at the largest concurrency, compared
 token for token ("identical greedy answers"). The timed runs:
@@ -89,6 +93,14 @@ def until_eos(ids: list[int], eos: int | list[int] | None) -> list[int]:
     return next((ids[:position] for position, token in enumerate(ids) if token in stops), ids)
 
 
+def answer_tokens(ids: list[int], eos, forced: bool) -> int:
+    """Tokens an answer is worth: all of them when forced, else those up to and including its EOS."""
+    if forced:
+        return len(ids)
+    answer = until_eos(ids, eos)
+    return len(answer) + (len(answer) < len(ids))
+
+
 def run_hf(model, processor, conversations, concurrency: int, new_tokens: int, forced: bool = True) -> dict:
     latencies, answers = [], []
     start = time.perf_counter()
@@ -106,7 +118,7 @@ def run_hf(model, processor, conversations, concurrency: int, new_tokens: int, f
         answers += output[:, inputs["input_ids"].shape[1] :].tolist()
         latencies += [time.perf_counter() - began] * len(batch)
     wall = time.perf_counter() - start
-    return {"wall": wall, "tokens": sum(map(len, answers)), "latencies": latencies, "answers": answers}
+    return {"wall": wall, "latencies": latencies, "answers": answers}
 
 
 async def run_gateway_async(url: str, conversations, concurrency: int, new_tokens: int, forced: bool = True) -> dict:
@@ -133,7 +145,7 @@ async def run_gateway_async(url: str, conversations, concurrency: int, new_token
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"wall": wall, "tokens": sum(map(len, answers)), "latencies": latencies, "answers": answers}
+    return {"wall": wall, "latencies": latencies, "answers": answers}
 
 
 def start_gateway(export_dir: pathlib.Path, vllm_url: str, log_path: pathlib.Path) -> tuple[subprocess.Popen, str]:
@@ -171,6 +183,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--venv", default=None, help="vLLM venv (default $LLAMO_VLLM_VENV or .venv-vllm)")
+    parser.add_argument("--answers", choices=["forced", "natural"], default="forced",
+                        help="forced: every answer --new_tokens long; natural: answers end at EOS (see above)")  # fmt: skip
     parser.add_argument("--device", default="cpu", help="where HF generate runs (cuda on a GPU machine; vLLM picks its own)")
     add_thread_argument(parser)
     args = parser.parse_args()
@@ -182,6 +196,7 @@ def main() -> None:
     model, processor, make_conversations = build_model(args.model, getattr(torch, args.dtype))
     conversations = make_conversations(args.prompts)
     eos = model.generation_config.eos_token_id
+    forced = args.answers == "forced"
     with tempfile.TemporaryDirectory() as scratch:
         export_dir = export_for_vllm(model, processor, pathlib.Path(scratch) / "served")  # checked on the CPU
         model.to(args.device)
@@ -205,15 +220,17 @@ def main() -> None:
                         order = ["HF generate", "vLLM + gateway"][:: 1 if repeat % 2 == 0 else -1]
                         for engine in order:
                             if engine == "HF generate":
-                                results[engine].append(run_hf(model, processor, conversations, concurrency, args.new_tokens))
+                                run = run_hf(model, processor, conversations, concurrency, args.new_tokens, forced)
                             else:
-                                results[engine].append(
-                                    asyncio.run(run_gateway_async(url, conversations, concurrency, args.new_tokens))
-                                )
+                                run = asyncio.run(run_gateway_async(url, conversations, concurrency, args.new_tokens, forced))
+                            run["tokens"] = sum(answer_tokens(ids, eos, forced) for ids in run["answers"])
+                            results[engine].append(run)
                     throughput = {engine: [r["tokens"] / r["wall"] for r in runs] for engine, runs in results.items()}
                     ratios = [v / h for v, h in zip(throughput["vLLM + gateway"], throughput["HF generate"])]
                     pairs = zip(results["HF generate"][-1]["answers"], results["vLLM + gateway"][-1]["answers"])
-                    same_tokens = sum(a == b for a, b in pairs)
+                    same_tokens = sum(
+                        (a if forced else until_eos(a, eos)) == (b if forced else until_eos(b, eos)) for a, b in pairs
+                    )
                     for engine, runs in results.items():
                         latencies = [value for run in runs for value in run["latencies"]]
                         rows.append([
@@ -233,12 +250,12 @@ def main() -> None:
         "p50 latency (s)",
         "p95 latency (s)",
         "vs HF",
-        "identical forced tokens",
+        "identical forced tokens" if forced else "identical answers",
     ]
     print(format_table(header, rows))
     print(f"\nidentical greedy answers (unforced, to EOS, vLLM at {max(args.concurrency)} concurrent vs generate one at a time): "
           f"{same_answers}/{len(conversations)}")  # fmt: skip
-    print(f"\n{len(conversations)} conversations ({args.model}), {args.new_tokens} new tokens each, greedy, {args.dtype}; "
+    print(f"\n{len(conversations)} conversations ({args.model}), {args.answers} answers of up to {args.new_tokens} new tokens, greedy, {args.dtype}; "
           f"HF on {args.device}, torch threads {args.threads}; vLLM CPU engine with its own thread binding; repeats {args.repeats}.")  # fmt: skip
 
 
