@@ -157,6 +157,10 @@ def print_targets(targets: Sequence[Target]) -> None:
 
 
 def print_header(title: str, command: str) -> None:
+    """The benchmark's title, command and machine; progress bars off in a log (`llamo.quiet`)."""
+    from llamo.quiet import quiet_progress_bars
+
+    quiet_progress_bars()
     print(f"\n## {title}\n")
     print(f"command: `{command}`")
     print(f"machine: {machine_description()}\n")

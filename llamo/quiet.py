@@ -11,6 +11,9 @@ Installed when the `llamo` package is imported (`llamo/__init__.py`), before the
   DeepSpeed whenever it is installed (`extract_model_from_parallel`, which every Trainer and TRL's SFTTrainer call),
   with or without a DeepSpeed config. DeepSpeed says it only where torch sees no GPU either, and there every LLaMo
   run uses the CPU anyway (train_sft.py defaults to `use_cpu`; `llamo.cli` refuses `cuda` without CUDA).
+- transformers notes, whenever `resize_token_embeddings` grows a vocabulary with mean resizing (its default), that it
+  does so and how to turn it off. LLaMo's builder asks for it explicitly (`mean_resizing=True`, for `<graph>`): the
+  notice describes a choice made on purpose, at every model built around an LLM.
 - PEFT's `PeftModel` reads `model.is_gradient_checkpointing`, a property transformers 5.2x deprecated (a
   FutureWarning addressed to PEFT's code, once per LoRA run). LLaMo's own code never reads it (tests/test_quiet.py).
 
@@ -46,6 +49,7 @@ class WarningNoise(NamedTuple):
 THIRD_PARTY_NOISE = (
     LogNoise("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
     LogNoise("DeepSpeed", "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."),
+    LogNoise("transformers.modeling_utils", "The new embeddings will be initialized from a multivariate normal distribution"),
 )
 WARNING_NOISE = (WarningNoise("`is_gradient_checkpointing` is deprecated", FutureWarning),)
 
@@ -80,10 +84,12 @@ def is_interactive() -> bool:
 
 
 def quiet_progress_bars() -> None:
-    """Turn off `datasets`' progress bars (`load_dataset`, `map`, `filter`) when stderr is not a terminal: in a log
-    file each bar is a dozen redrawn lines per dataset and pass. LLaMo's own lines (row and skip counts, the
-    trainer's losses, the run summary) say what was read and encoded."""
+    """Turn off `datasets`' progress bars (`load_dataset`, `map`, `filter`) and transformers' (loading weights) when
+    stderr is not a terminal: in a log file each bar is a dozen redrawn lines per dataset, pass or model. LLaMo's own
+    lines (row and skip counts, the trainer's losses, the run summary) say what was read and encoded."""
     if not is_interactive():
         import datasets
+        import transformers
 
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()

@@ -36,6 +36,8 @@ NOISE = {
     "pipeline registration": "is already registered. Overwriting pipeline",
     # datasets.map and load_dataset progress bars (one per dataset and pass, redrawn dozens of times)
     "datasets progress bars": "examples/s]",
+    # the builder asks for mean resizing of the new <graph> row on purpose; transformers notes its default anyway
+    "mean-resizing notice": "The new embeddings will be initialized from a multivariate normal",
 }
 FAST = ["--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_train_samples", "24", "--logging_steps", "1",
         "--max_steps", "2", "--save_strategy", "no"]  # fmt: skip
@@ -127,17 +129,20 @@ def test_the_warning_filter_drops_only_peft_s_deprecated_property_call():
     ]
 
 
-def test_datasets_progress_bars_stay_in_a_terminal_and_go_in_a_log(monkeypatch):
+def test_progress_bars_stay_in_a_terminal_and_go_in_a_log(monkeypatch):
     import datasets
+    from transformers.utils import logging as transformers_logging
 
-    was_enabled = datasets.is_progress_bar_enabled()
+    was_enabled = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     try:
         datasets.enable_progress_bars()
+        transformers_logging.enable_progress_bar()
         monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
         quiet_progress_bars()
-        assert datasets.is_progress_bar_enabled()
+        assert datasets.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
         monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
         quiet_progress_bars()
-        assert not datasets.is_progress_bar_enabled()
+        assert not datasets.is_progress_bar_enabled() and not transformers_logging.is_progress_bar_enabled()
     finally:
-        datasets.enable_progress_bars() if was_enabled else datasets.disable_progress_bars()
+        datasets.enable_progress_bars() if was_enabled[0] else datasets.disable_progress_bars()
+        transformers_logging.enable_progress_bar() if was_enabled[1] else transformers_logging.disable_progress_bar()
