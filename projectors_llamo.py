@@ -186,6 +186,8 @@ class LlamoMultiLevelProjector(LlamoProjector):
         dense = dense.unflatten(-1, (self.num_levels, -1)).permute(2, 0, 1, 3)
         queries = self.level_queries[:, None].expand(-1, num_molecules, -1, -1)
         if self.normed:
+            # The GIN's states are fp32 (an fp32 island); the norms are in the projector's dtype (bf16 in a bf16 load)
+            dense = dense.to(self.level_queries.dtype)
             dense = torch.stack([norm(level) for norm, level in zip(self.level_norms, dense)])
             queries = queries * self.query_log_scale.exp()[:, None]
 

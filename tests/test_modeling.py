@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MOLECULES
 
-from configuration_llamo import PROJECTOR_TYPES
+from configuration_llamo import PROJECTOR_ATTENTIONS, PROJECTOR_TYPES
 from featurization_llamo import parse_smiles
 from llamo.tiny import build_tiny_llamo
 from modeling_llamo import LlamoForConditionalGeneration, select_graph_molecules
@@ -274,6 +274,23 @@ def test_bfloat16_keeps_the_graph_encoder_and_layer_norm_in_float32(tiny_folder,
         reference = tiny[0](**inputs).logits
     assert logits.dtype == torch.bfloat16
     assert torch.isfinite(logits).all()
+    assert (logits.float() - reference).abs().max() < 0.25
+
+
+@pytest.mark.parametrize("projector_type", PROJECTOR_TYPES)
+@pytest.mark.parametrize("attention", PROJECTOR_ATTENTIONS)
+def test_every_projector_loads_in_bfloat16_and_answers(tmp_path, projector_type, attention):
+    """LLaMo-SmolLM2's projector (multilevel, normed attention) once failed in a bf16 load: the fp32 GIN's states
+    met bf16 LayerNorm parameters."""
+    model, processor = build_tiny_llamo(seed=0, projector_type=projector_type, projector_attention=attention)
+    model.save_pretrained(tmp_path)
+    loaded = LlamoForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    inputs = batch(processor)
+    with torch.no_grad():
+        logits = loaded(**inputs).logits
+        reference = model.eval()(**inputs).logits
+        loaded.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     assert (logits.float() - reference).abs().max() < 0.25
 
 
