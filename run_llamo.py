@@ -19,7 +19,6 @@ Writes `outputs/llamo_results.json` and `outputs/eval/<model>/predictions.jsonl`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
 import time
@@ -47,13 +46,6 @@ def log(message: str) -> None:
     print(f"\n[llamo] {message}", flush=True)
 
 
-def release_digest(release: pathlib.Path) -> str:
-    """What the assembled folder depends on: the weights and how to build around them (not the recorded results)."""
-    info = json.loads((release / "release.json").read_text())
-    recipe = json.dumps({key: info.get(key) for key in ("base", "build", "adapter_config")}, sort_keys=True)
-    return hashlib.sha256((release / "weights.safetensors").read_bytes() + recipe.encode()).hexdigest()
-
-
 def record(lines: list[str], reliance: dict, args: argparse.Namespace) -> None:
     """The held-out table in each shipped release's `release.json` (and so in the model card of assembled folders)."""
     for name in MODELS:
@@ -69,19 +61,15 @@ def record(lines: list[str], reliance: dict, args: argparse.Namespace) -> None:
 
 
 def assemble(name: str, out: pathlib.Path, llm: pathlib.Path) -> pathlib.Path:
-    """`outputs/<name>` from `weights/<name>`, unless already assembled from the same release (a digest file)."""
-    from llamo.release import assemble_release
+    """`outputs/<name>` from `weights/<name>`, unless already assembled from the same release and code (`llamo.release`)."""
+    from llamo.release import ensure_assembled
 
     release, folder = ROOT / "weights" / name, out / name
-    digest = release_digest(release)
-    stamp = folder / "release_digest.txt"
-    if stamp.is_file() and stamp.read_text().strip() == digest:
-        log(f"{folder} is assembled from {release} already")
-        return folder
     tick = time.time()
-    assemble_release(release, folder, llm)
-    stamp.write_text(digest + "\n")
-    log(f"assembled {release} + {llm.name} -> {folder} in {time.time() - tick:.0f} s")
+    if ensure_assembled(release, folder, llm):
+        log(f"assembled {release} + {llm.name} -> {folder} in {time.time() - tick:.0f} s")
+    else:
+        log(f"{folder} is assembled from {release} already")
     return folder
 
 

