@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import ROOT
@@ -19,7 +21,7 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = (README, *sorted(DOCS.glob("*.md")), ROOT / "space" / "README.md")
 SECTIONS = (
-    "Quickstart", "Install", "The two commands", "Model details", "Results", "Training it yourself",
+    "Quickstart", "Install", "The two commands", "Model details", "Results", "Performance", "Training it yourself",
     "Limitations and bad input", "Documentation", "Citation", "License",
 )  # fmt: skip
 SETUP = "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
@@ -102,6 +104,17 @@ def test_readme_two_commands_are_the_main_job_and_the_tests():
     ci = (ROOT / ".ci" / "run").read_text()
     assert SETUP in ci and SMOLLM2 in ci and "HF_HUB_OFFLINE=1 .venv/bin/python -m pytest" in ci
     assert TEST_COMMAND in bash_lines((DOCS / "development.md").read_text(encoding="utf-8"))
+
+
+def test_readme_performance_commands_name_benchmarks_and_flags_that_exist():
+    commands = re.findall(r"`(python benchmarks/[^`]+)`", section(README.read_text(encoding="utf-8"), "Performance"))
+    assert len(commands) >= 5
+    for command in commands:
+        script, *arguments = command.removeprefix("python ").split()
+        result = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        for flag in (argument.strip("[]") for argument in arguments if argument.strip("[]").startswith("--")):
+            assert flag in result.stdout, f"{script} has no {flag}"
 
 
 def test_tiny_pipeline_command_moved_to_its_docs_page():
