@@ -36,8 +36,6 @@ NOISE = {
     "pipeline registration": "is already registered. Overwriting pipeline",
     # datasets.map and load_dataset progress bars (one per dataset and pass, redrawn dozens of times)
     "datasets progress bars": "examples/s]",
-    # the builder asks for mean resizing of the new <graph> row on purpose; transformers notes its default anyway
-    "mean-resizing notice": "The new embeddings will be initialized from a multivariate normal",
 }
 FAST = ["--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--max_train_samples", "24", "--logging_steps", "1",
         "--max_steps", "2", "--save_strategy", "no"]  # fmt: skip
@@ -82,6 +80,22 @@ def logs(tmp_path_factory) -> dict[str, str]:
 def test_a_normal_run_prints_no_third_party_alarm_that_does_not_apply(logs, noise):
     for run_name, log in logs.items():
         assert NOISE[noise] not in log, f"{run_name} printed: {[line for line in log.splitlines() if NOISE[noise] in line][:2]}"
+
+
+BUILD_AROUND = """
+from llamo.builder import build_llamo
+
+model, processor = build_llamo({folder!r})
+print("vocabulary", model.config.text_config.vocab_size)
+"""
+
+
+def test_building_around_an_llm_prints_no_mean_resizing_notice(smollm2_folder):
+    """The builder asks for the mean-resized `<graph>` row on purpose (SmolLM2: 49,152 -> 49,153 rows); transformers'
+    notice about its default ("...multivariate normal distribution...") is not printed."""
+    log = run(["-c", BUILD_AROUND.format(folder=str(smollm2_folder))])
+    assert "vocabulary 49153" in log
+    assert "The new embeddings will be initialized from a multivariate normal" not in log, log[-2000:]
 
 
 def test_llamos_own_progress_and_results_are_still_printed(logs):
