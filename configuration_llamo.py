@@ -136,19 +136,9 @@ TEXT_CONFIG_TRANSFORMS = (
 
 
 def set_text_config_transforms(text_config) -> dict[TextConfigTransform, float]:
-    """The transforms of `TEXT_CONFIG_TRANSFORMS` that `text_config` sets (value not None), in table order.
-
-    Read afresh on every call (a config edited after the model was built counts), with the values
-    `getattr(text_config, field, None)` gives, but with no attribute lookup (a Python `__getattribute__` and a caught
-    AttributeError each) for the fields a plain `PreTrainedConfig` cannot hold: those neither in its instance
-    attributes, nor in its `attribute_map`, nor on its class. Any other config object is read field by field."""
-    config_class = type(text_config)
-    if config_class.__getattribute__ is PreTrainedConfig.__getattribute__ and not hasattr(config_class, "__getattr__"):
-        own, aliases = vars(text_config), text_config.attribute_map
-        transforms = [t for t in TEXT_CONFIG_TRANSFORMS if t.field in own or t.field in aliases or hasattr(config_class, t.field)]
-    else:
-        transforms = TEXT_CONFIG_TRANSFORMS
-    return {t: value for t in transforms if (value := getattr(text_config, t.field, None)) is not None}
+    """The transforms of `TEXT_CONFIG_TRANSFORMS` that `text_config` sets (value not None), in table order; read
+    afresh on every call, so a config edited after the model was built counts."""
+    return {t: value for t in TEXT_CONFIG_TRANSFORMS if (value := getattr(text_config, t.field, None)) is not None}
 
 
 def num_molecules(graph_node_batch) -> int:

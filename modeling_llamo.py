@@ -339,9 +339,8 @@ def _has_schema_dtype(spec: GraphInput, tensor: torch.Tensor) -> bool:
 def _expected_shape(spec: GraphInput, tensor: torch.Tensor, count: int, config: LlamoConfig) -> tuple[int, ...]:
     """`spec.shape(config)` with `count` elements. The width of optional features (motifs, which a model without
     motif queries ignores) is not checked: whatever they have."""
-    if spec.kind == "features":
-        return (count, spec.num_columns(config)) if spec.required else (count, *tensor.shape[-1:])
-    return (2, count) if spec.kind == "edge_index" else (count,)
+    shape = (-1, *tensor.shape[-1:]) if spec.kind == "features" and not spec.required else spec.shape(config)
+    return tuple(count if size == -1 else size for size in shape)
 
 
 def check_graph_inputs(

@@ -78,11 +78,11 @@ def test_export_is_a_plain_causal_lm_that_reproduces_llamo_logits_from_frontend_
     assert json.loads((export_dir / "serving.json").read_text())["dtype"] == "float32"
 
 
-def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(served):
-    model, processor, export_dir = served
+def assert_export_answers_like_generate(model, processor, export_dir, conversations) -> None:
+    """The exported plain LM, fed the saved front-end's prompt embeddings, gives `model.generate`'s greedy answers."""
     causal = AutoModelForCausalLM.from_pretrained(export_dir / "language_model")
     frontend = LlamoFrontEnd.from_pretrained(export_dir / "frontend")
-    for messages in serving_conversations(4):
+    for messages in conversations:
         prompt = frontend.prompt_embeddings(messages)
         assert prompt.input_ids == render(processor, messages)["input_ids"][0].tolist()
         output = causal.generate(
@@ -91,6 +91,11 @@ def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(
         )[0].tolist()  # fmt: skip
         expected = generate_ids(model, processor, messages)
         assert output[: len(expected)] == expected
+
+
+def test_frontend_embeddings_into_the_exported_lm_give_generates_greedy_answers(served):
+    model, processor, export_dir = served
+    assert_export_answers_like_generate(model, processor, export_dir, serving_conversations(4))
 
 
 CHATML_LAYOUT = "<|im_start|>system\nYou are a chemist.<|im_end|>\n<|im_start|>user\nName ethanol's formula.<|im_end|>\n"
@@ -530,15 +535,8 @@ def test_the_real_llamo_smollm2_exports_as_a_plain_chatml_llama_with_generates_a
     tokenizer = AutoTokenizer.from_pretrained(export_dir / "language_model")
     assert type(causal) is LlamaForCausalLM and causal.config.num_hidden_layers == 30 and causal.config.tie_word_embeddings
     assert tokenizer.chat_template == processor.chat_template and "<|im_start|>" in tokenizer.chat_template
-    frontend = LlamoFrontEnd.from_pretrained(export_dir / "frontend")
-    for messages in serving_conversations(3):  # one molecule, two molecules, multi-turn
-        prompt = frontend.prompt_embeddings(messages)
-        output = causal.generate(
-            inputs_embeds=prompt.embeddings[None], attention_mask=torch.ones(1, len(prompt.input_ids), dtype=torch.long),
-            max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-        )[0].tolist()  # fmt: skip
-        expected = generate_ids(model, processor, messages)
-        assert output[: len(expected)] == expected
+    # one molecule, two molecules, multi-turn
+    assert_export_answers_like_generate(model, processor, export_dir, serving_conversations(3))
 
 
 def test_vllm_serves_the_real_llamo_smollm2_with_generates_greedy_answers(served_smollm2, tmp_path):
